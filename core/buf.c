@@ -1,0 +1,28 @@
+/* buf.c — the growable byte buffer (mr_buf). The caller owns the buffer and
+ * frees it with mr_buf_free; allocation failure aborts, as Lua's does. */
+#include "moonring.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void mr_buf_reserve(mr_buf *b, size_t extra) {
+  if (b->len + extra <= b->cap) return;
+  size_t cap = b->cap ? b->cap : 256;
+  while (cap < b->len + extra) cap *= 2;
+  char *p = realloc(b->data, cap);
+  if (!p) { fputs("moonring: out of memory\n", stderr); abort(); }
+  b->data = p;
+  b->cap = cap;
+}
+
+void mr_buf_append(mr_buf *b, const void *p, size_t n) {
+  mr_buf_reserve(b, n);
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+}
+
+void mr_buf_free(mr_buf *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}

@@ -1,0 +1,373 @@
+/* conn.c — one client connection: reads into the server's shared slab, feeds
+ * the parser, serves one request at a time (so pipelined responses stay in
+ * order), writes with try-then-queue, and closes gracefully (shutdown, then
+ * drain the client's leftovers for a moment) or by reset. The mr_conn is
+ * freed in the close callback of its last handle; a request still holding it
+ * is detached first (req->conn = NULL). */
+#include "runner.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define READBUF_SIZE  (64 * MR_KIB)
+#define LINGER_MS     2000     /* how long a closing connection drains input */
+#define INPUT_CAP     (64 * MR_KIB)   /* unparsed input kept while a response is pending */
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void conn_process(mr_conn *c, char *data, size_t len);
+
+static void arm(mr_conn *c, uv_timer_cb cb, uint64_t ms) {
+  uv_timer_start(&c->timer, cb, ms, 0);
+}
+
+/* Header timeout, idle timeout and linger share one timer; which one is
+ * running follows from the connection's state. */
+static void timer_cb(uv_timer_t *t) {
+  mr_conn *c = t->data;
+  if (c->flags & CONN_SHUTDOWN) {
+    conn_close(c, 0);
+  } else if (c->req) {
+    mr_request *r = c->req;          /* request deadline */
+    if (r->flags & REQ_HEAD_SENT) return;
+    log_error("request %llu: no response within %.3gs: 504, handler cancelled",
+              (unsigned long long)r->id, mr_srv.cfg.request_timeout_ms / 1000.0);
+    runner_cancel(r);
+    r->status = 504;
+    r->flags |= REQ_HEAD_SENT | REQ_RESP_DONE;
+    response_simple(c, 504, "Gateway Timeout\n", r->flags);
+    conn_request_ended(c);
+  } else if (c->ps) {
+    response_simple(c, 408, "Request Timeout\n", 0);
+    conn_close(c, 0);
+  } else {
+    conn_close(c, 0);                /* idle keep-alive, or connected and silent */
+  }
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  if (!mr_srv.readbuf) mr_srv.readbuf = malloc(READBUF_SIZE);
+  buf->base = mr_srv.readbuf;
+  buf->len = mr_srv.readbuf ? READBUF_SIZE : 0;
+}
+
+static void read_start(mr_conn *c) {
+  if (c->flags & (CONN_READING | CONN_READ_EOF | CONN_CLOSING)) return;
+  if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0) c->flags |= CONN_READING;
+}
+
+static void read_stop(mr_conn *c) {
+  if (!(c->flags & CONN_READING)) return;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->flags &= ~CONN_READING;
+}
+
+static void close_cb(uv_handle_t *h) {
+  mr_conn *c = h->data;
+  if (--c->open_handles) return;
+  mr_server *s = &mr_srv;
+  if (c->prev) c->prev->next = c->next; else s->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  s->nconns--;
+  free(c);
+  server_conn_closed(s);
+}
+
+void conn_accept(mr_server *s) {
+  mr_conn *c = calloc(1, sizeof *c);
+  if (!c) return;
+  uv_tcp_init(s->loop, &c->tcp);
+  uv_timer_init(s->loop, &c->timer);
+  c->tcp.data = c->timer.data = c;
+  c->open_handles = 2;
+  c->next = s->conns;
+  if (s->conns) s->conns->prev = c;
+  s->conns = c;
+  s->nconns++;
+  if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) < 0) {
+    conn_close(c, 0);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  struct sockaddr_storage peer;
+  int len = sizeof peer;
+  strcpy(c->remote, "-");
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &len) == 0) {
+    if (peer.ss_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)&peer, c->remote, sizeof c->remote);
+    else
+      uv_ip4_name((struct sockaddr_in *)&peer, c->remote, sizeof c->remote);
+  }
+  parser_init(c);
+  if (s->nconns > s->cfg.max_connections) {
+    log_error("%u connections: over --max-connections, answering 503", s->nconns);
+    response_simple(c, 503, "Service Unavailable\n", 0);
+    conn_close(c, 0);
+    return;
+  }
+  read_start(c);
+  arm(c, timer_cb, s->cfg.header_timeout_ms);
+}
+
+/* ---- writing ---------------------------------------------------------- */
+
+typedef struct write_req {
+  uv_write_t req;
+  uv_buf_t buf;
+  char data[];
+} write_req;
+
+#define HIGH_WATER (64 * MR_KIB)
+#define LOW_WATER  (16 * MR_KIB)
+
+size_t conn_queued(const mr_conn *c) { return c->tcp.write_queue_size; }
+
+static void write_cb(uv_write_t *req, int status) {
+  mr_conn *c = req->handle->data;
+  free(req);
+  c->writes--;
+  if (c->flags & CONN_CLOSING) return;
+  if (status < 0) {
+    conn_close(c, 1);
+    return;
+  }
+  mr_request *r = c->req;
+  if (r && r->wait == WAIT_DRAIN && conn_queued(c) <= LOW_WATER) runner_wake(r, 0);
+}
+
+int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
+  if (c->flags & (CONN_CLOSING | CONN_SHUTDOWN)) return UV_EPIPE;
+  size_t total = 0, done = 0;
+  for (unsigned i = 0; i < n; i++) total += bufs[i].len;
+  if (c->writes == 0) {
+    int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (rc >= 0) {
+      done = (size_t)rc;
+    } else if (rc != UV_EAGAIN) {
+      conn_close(c, 1);
+      return rc;
+    }
+  }
+  if (done == total) return 0;
+  /* The socket is full: copy what is left, since the caller's buffers
+   * (often Lua strings) may go away once we return. */
+  write_req *w = malloc(sizeof *w + (total - done));
+  if (!w) { conn_close(c, 1); return UV_ENOMEM; }
+  size_t off = 0, skip = done;
+  for (unsigned i = 0; i < n; i++) {
+    size_t l = bufs[i].len;
+    if (skip >= l) { skip -= l; continue; }
+    memcpy(w->data + off, bufs[i].base + skip, l - skip);
+    off += l - skip;
+    skip = 0;
+  }
+  w->buf = uv_buf_init(w->data, (unsigned)off);
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, write_cb);
+  if (rc < 0) {
+    free(w);
+    conn_close(c, 1);
+    return rc;
+  }
+  c->writes++;
+  return 0;
+}
+
+/* ---- closing ---------------------------------------------------------- */
+
+static void log_request(mr_conn *c, mr_request *r, int status) {
+  mr_parse *ps = c->ps;
+  const char *method = llhttp_method_name(llhttp_get_method(&c->parser));
+  log_access(c, method, strlen(method), ps ? ps->bytes.data : "", ps ? ps->target_len : 0,
+             status, r->bytes_out, r->start_ns, r->id);
+}
+
+/* Gives the request up: from now on it is Lua's alone. */
+static void detach_request(mr_conn *c) {
+  mr_request *r = c->req;
+  if (!r) return;
+  log_request(c, r, (r->flags & REQ_RESP_DONE) ? r->status : 499);
+  c->req = NULL;
+  r->conn = NULL;
+  if (!(r->flags & REQ_ENDED)) runner_cancel(r);
+  request_release(r);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  mr_conn *c = req->handle->data;
+  free(req);
+  if (c->flags & CONN_CLOSING) return;
+  if (status < 0 || (c->flags & CONN_READ_EOF)) {
+    conn_close(c, 1);
+    return;
+  }
+  /* Keep reading (and discarding) for a moment so unread input does not turn
+   * our close into a reset that destroys the response in flight. */
+  read_start(c);
+  arm(c, timer_cb, LINGER_MS);
+}
+
+void conn_close(mr_conn *c, int abort) {
+  if (c->flags & CONN_CLOSING) return;
+  detach_request(c);
+  parser_release(c);
+  free(c->in);
+  c->in = NULL;
+  c->in_len = 0;
+  if (!abort && !(c->flags & (CONN_SHUTDOWN | CONN_READ_EOF)) && uv_is_writable((uv_stream_t *)&c->tcp)) {
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (req && uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_cb) == 0) {
+      c->flags |= CONN_SHUTDOWN;
+      uv_timer_stop(&c->timer);
+      return;
+    }
+    free(req);
+  }
+  c->flags |= CONN_CLOSING;
+  read_stop(c);
+  if (abort && !(c->flags & CONN_SHUTDOWN))
+    uv_tcp_close_reset(&c->tcp, close_cb);
+  else
+    uv_close((uv_handle_t *)&c->tcp, close_cb);
+  uv_close((uv_handle_t *)&c->timer, close_cb);
+}
+
+/* ---- requests --------------------------------------------------------- */
+
+void conn_start_deadline(mr_conn *c) {
+  if (!uv_is_active((uv_handle_t *)&c->timer))
+    arm(c, timer_cb, mr_srv.cfg.request_timeout_ms);
+}
+
+void conn_response_started(mr_conn *c) { uv_timer_stop(&c->timer); }
+
+/* The request's coroutine is done and its message fully read: log it, then
+ * keep the connection for the next request or close it. */
+static void finish_request(mr_conn *c) {
+  mr_request *r = c->req;
+  /* After the client's EOF, input already buffered (pipelined) is still served. */
+  int keep = (r->flags & REQ_KEEP_ALIVE) && !mr_srv.draining &&
+             !((c->flags & CONN_READ_EOF) && !c->in_len);
+  detach_request(c);
+  parser_release(c);
+  if (!keep) {
+    conn_close(c, 0);
+    return;
+  }
+  arm(c, timer_cb, mr_srv.cfg.idle_timeout_ms);
+  read_start(c);
+  if (!(c->flags & CONN_PROCESSING) && c->in_len) {
+    char *data = c->in;
+    size_t len = c->in_len;
+    c->in = NULL;
+    c->in_len = 0;
+    conn_process(c, data, len);
+    free(data);
+  }
+  if ((c->flags & CONN_READ_EOF) && !c->req) conn_close(c, 0);
+}
+
+void conn_request_ended(mr_conn *c) {
+  if (c->req && (c->req->flags & REQ_MSG_DONE)) finish_request(c);
+  /* else: the rest of the body is still arriving; it is read and dropped,
+   * and the message's end finishes the request. */
+}
+
+/* Bad input: answer `status` (unless the response already started, then
+ * reset) and close. The request being served, if any, is cancelled. */
+static void reject(mr_conn *c, int status) {
+  mr_request *r = c->req;
+  if (r && (r->flags & REQ_HEAD_SENT)) {
+    conn_close(c, 1);
+    return;
+  }
+  if (r) {
+    r->status = status;
+    r->flags |= REQ_HEAD_SENT | REQ_RESP_DONE;
+  }
+  response_simple(c, status, response_reason(status), 0);
+  conn_close(c, 0);
+}
+
+/* Feeds `data` to the parser until it is used up or a request must finish
+ * before the next one may start; keeps the rest in c->in. Lua runs here only
+ * between llhttp_execute calls, never inside a parser callback. */
+static void conn_process(mr_conn *c, char *data, size_t len) {
+  c->flags |= CONN_PROCESSING;
+  while (len > 0 && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
+    if (c->req && (c->req->flags & REQ_MSG_DONE)) break;   /* pipelined: wait */
+    if (!c->ps && !c->req) arm(c, timer_cb, mr_srv.cfg.header_timeout_ms);
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
+    data += used;
+    len -= used;
+    if (err == HPE_PAUSED) {
+      llhttp_resume(&c->parser);
+      uint8_t ev = c->event;
+      c->event = CONN_EV_NONE;
+      if (ev == CONN_EV_HEADERS) {
+        uv_timer_stop(&c->timer);
+        request_start(c);
+      } else if (ev == CONN_EV_MESSAGE && c->req) {
+        request_body_notify(c->req);
+        if (c->req && (c->req->flags & REQ_ENDED)) finish_request(c);
+      }
+    } else if (err == HPE_PAUSED_UPGRADE) {
+      /* CONNECT or Upgrade: not served here; the request gets its answer
+       * and the connection closes after it. */
+      if (c->req) c->req->flags &= ~REQ_KEEP_ALIVE;
+      len = 0;
+    } else if (err != HPE_OK) {
+      reject(c, parser_error_status(c, err));
+      break;
+    } else if (c->req) {
+      request_body_notify(c->req);
+    }
+  }
+  c->flags &= ~CONN_PROCESSING;
+  if (len && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
+    char *in = malloc(c->in_len + len);
+    if (!in) { conn_close(c, 1); return; }
+    memcpy(in + c->in_len, data, len);
+    if (c->in_len) memcpy(in, c->in, c->in_len);
+    free(c->in);
+    c->in = in;
+    c->in_len += len;
+    if (c->in_len > INPUT_CAP) read_stop(c);   /* resumes when the request finishes */
+  }
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  mr_conn *c = stream->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    if (nread != UV_EOF || (c->flags & CONN_SHUTDOWN)) {
+      conn_close(c, nread != UV_EOF);
+      return;
+    }
+    c->flags |= CONN_READ_EOF;
+    read_stop(c);
+    /* A request whose body can no longer arrive cannot be served; one whose
+     * message is complete finishes, then the connection closes. */
+    if (!c->req || !(c->req->flags & REQ_MSG_DONE)) conn_close(c, 0);
+    return;
+  }
+  if (c->flags & CONN_SHUTDOWN) return;           /* lingering: drop input */
+  if (c->in_len || (c->req && (c->req->flags & REQ_MSG_DONE))) {
+    /* A response is pending: queue the bytes behind what is waiting. */
+    char *in = realloc(c->in, c->in_len + (size_t)nread);
+    if (!in) { conn_close(c, 1); return; }
+    memcpy(in + c->in_len, buf->base, (size_t)nread);
+    c->in = in;
+    c->in_len += (size_t)nread;
+    if (c->in_len > INPUT_CAP) read_stop(c);
+    if (!(c->req && (c->req->flags & REQ_MSG_DONE)) && !(c->flags & CONN_PROCESSING)) {
+      char *data = c->in;
+      size_t len = c->in_len;
+      c->in = NULL;
+      c->in_len = 0;
+      conn_process(c, data, len);
+      free(data);
+    }
+    return;
+  }
+  conn_process(c, buf->base, (size_t)nread);
+}

@@ -1,0 +1,129 @@
+/* lmoonring.c — the `moonring.core` module (the C half of `require
+ * "moonring"`) and the worker's Lua state: package.path, the serve loop and
+ * the app handler, all loaded under lua_pcall so a bad app is an error
+ * message, never a crash. Each capability's functions live in its own file
+ * (response.c, sleep.c) and are gathered here. */
+#include "request.h"
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <string.h>
+
+/* listdir(path) → { {name=, type="file"|"directory"|"other"}, ... } or nil, err */
+static int l_listdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  uv_fs_t req;
+  int rc = uv_fs_scandir(NULL, &req, path, 0, NULL);
+  if (rc < 0) {
+    uv_fs_req_cleanup(&req);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s: %s", path, uv_err_name(rc), uv_strerror(rc));
+    return 2;
+  }
+  lua_newtable(L);
+  uv_dirent_t ent;
+  int i = 0;
+  while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, ent.name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, ent.type == UV_DIRENT_FILE ? "file" : ent.type == UV_DIRENT_DIR ? "directory"
+                                                                                         : "other");
+    lua_setfield(L, -2, "type");
+    lua_rawseti(L, -2, ++i);
+  }
+  uv_fs_req_cleanup(&req);
+  return 1;
+}
+
+/* stat(path) → "file" | "directory" | "other", or nil, err */
+static int l_stat(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  uv_fs_t req;
+  int rc = uv_fs_stat(NULL, &req, path, NULL);
+  if (rc < 0) {
+    uv_fs_req_cleanup(&req);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s: %s", path, uv_err_name(rc), uv_strerror(rc));
+    return 2;
+  }
+  uint64_t mode = req.statbuf.st_mode;
+  uv_fs_req_cleanup(&req);
+  lua_pushstring(L, S_ISREG(mode) ? "file" : S_ISDIR(mode) ? "directory" : "other");
+  return 1;
+}
+
+static int l_log_error(lua_State *L) {
+  log_error("%s", luaL_checkstring(L, 1));
+  return 0;
+}
+
+static const luaL_Reg core_funcs[] = {
+  {"listdir", l_listdir},
+  {"stat", l_stat},
+  {"log_error", l_log_error},
+  {NULL, NULL},
+};
+
+static int luaopen_moonring_core(lua_State *L) {
+  lua_newtable(L);
+  luaL_setfuncs(L, core_funcs, 0);
+  luaL_setfuncs(L, response_funcs, 0);
+  luaL_setfuncs(L, sleep_funcs, 0);
+  lua_pushliteral(L, MOONRING_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_pushboolean(L, mr_srv.cfg.dev);
+  lua_setfield(L, -2, "dev");
+  return 1;
+}
+
+/* Runs protected: (lua_dir) → registry refs for serve and the app. */
+static int load_all(lua_State *L) {
+  const char *lua_dir = lua_tostring(L, 1);
+  mr_server *s = &mr_srv;
+
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir);
+  lua_getfield(L, -2, "path");
+  lua_concat(L, 2);
+  lua_setfield(L, -2, "path");
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_moonring_core);
+  lua_setfield(L, -2, "moonring.core");
+  lua_pop(L, 2);
+
+  request_open(L);
+
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moonring.serve");
+  lua_call(L, 1, 1);
+  s->serve_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moonring.app");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "load");
+  lua_pushstring(L, s->cfg.app);
+  lua_call(L, 1, 1);
+  s->app_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen) {
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    snprintf(err, errlen, "cannot create a Lua state");
+    return -1;
+  }
+  s->L = L;
+  *(mr_request **)lua_getextraspace(L) = NULL;
+  luaL_openlibs(L);
+  lua_pushcfunction(L, load_all);
+  lua_pushstring(L, lua_dir);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    snprintf(err, errlen, "%s", luaL_tolstring(L, -1, NULL));
+    lua_settop(L, 0);
+    return -1;
+  }
+  return 0;
+}

@@ -1,0 +1,86 @@
+/* moonring.h — the cross-file API of the core: configuration, the server
+ * (one per worker process: one libuv loop, one lua_State) and the small
+ * growable buffer every module uses. Each module's own types live in its
+ * header (conn.h, request.h, runner.h). */
+#ifndef MOONRING_H
+#define MOONRING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include <lua.h>
+
+#define MR_KIB 1024u
+
+typedef struct mr_config {
+  const char *host;
+  int port;
+  int dev;                      /* error bodies carry message + traceback */
+  const char *access_log;       /* "-" = stderr, NULL = off, else a path */
+  const char *app;              /* a route directory or a single Lua file */
+  size_t max_header_size;       /* request line + headers; over it: 431 */
+  size_t max_body_size;         /* over it: 413 */
+  uint64_t header_timeout_ms;   /* head not complete in time: 408 */
+  uint64_t idle_timeout_ms;     /* keep-alive connection without a request */
+  uint64_t request_timeout_ms;  /* response not started in time: 504 */
+  uint64_t grace_ms;            /* SIGTERM drain bound */
+  unsigned max_connections;     /* over it: 503 and close */
+} mr_config;
+
+struct mr_conn;
+struct mr_parse;
+
+typedef struct mr_server {
+  uv_loop_t *loop;
+  lua_State *L;
+  mr_config cfg;
+  uv_tcp_t listener;
+  int port;                     /* the bound port (the real one for --port 0) */
+  struct mr_conn *conns;        /* every open connection, doubly linked */
+  unsigned nconns;
+  int draining;                 /* SIGTERM seen: finish in-flight, then exit */
+  uint64_t next_request_id;
+  char *readbuf;                /* one read slab shared by all connections */
+  int readbuf_busy;
+  struct mr_parse *parse_pool;  /* free head-parse states, reused */
+  unsigned parse_pool_len;
+  int serve_ref;                /* registry: the Lua function a request coroutine runs */
+  int app_ref;                  /* registry: the app's handler (the router) */
+  int request_mt_ref;           /* registry: metatable of request handles */
+  uv_signal_t sig_term, sig_int;
+  uv_timer_t grace_timer;
+  uv_check_t log_flush;
+} mr_server;
+
+/* The worker's server. There is exactly one per process. */
+extern mr_server mr_srv;
+
+/* Growable byte buffer. `data` is NULL until the first append. */
+typedef struct mr_buf {
+  char *data;
+  size_t len, cap;
+} mr_buf;
+
+void mr_buf_reserve(mr_buf *b, size_t extra);
+void mr_buf_append(mr_buf *b, const void *p, size_t n);
+void mr_buf_free(mr_buf *b);
+#define mr_buf_lit(b, s) mr_buf_append((b), (s), sizeof(s) - 1)
+
+/* server.c */
+int server_start(mr_server *s);          /* bind, listen, print the listening line */
+void server_drain(mr_server *s);         /* stop accepting, close idle connections */
+void server_conn_closed(mr_server *s);   /* a connection finished closing */
+
+/* lmoonring.c: opens the `moonring.core` module and loads serve + app. */
+int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen);
+
+/* log.c */
+int log_open(const char *access_log);
+void log_access(const struct mr_conn *c, const char *method, size_t mlen,
+                const char *target, size_t tlen, int status, uint64_t bytes,
+                uint64_t start_ns, uint64_t id);
+void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_flush(void);
+const char *log_http_date(void);        /* "Sun, 22 Nov 2026 04:14:44 GMT", cached per second */
+
+#endif

@@ -1,0 +1,189 @@
+/* parser.c — llhttp glue. Callbacks copy the target and headers of the
+ * request being parsed into an mr_parse (taken from a small pool), enforce
+ * the head and body limits, and pause the parser at the end of the head and
+ * of the message so that conn_process, not a callback, runs Lua. */
+#include "request.h"
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define PARSE_POOL_MAX 64
+
+enum { H_NONE, H_FIELD, H_VALUE };
+
+static llhttp_settings_t settings;
+
+static int fail(mr_conn *c, int status) {
+  c->error_status = (uint16_t)status;
+  return HPE_USER;
+}
+
+static int count_head(mr_conn *c, size_t n, int status) {
+  mr_parse *ps = c->ps;
+  ps->head_bytes += n;
+  return ps->head_bytes > mr_srv.cfg.max_header_size ? fail(c, status) : 0;
+}
+
+static int on_message_begin(llhttp_t *p) {
+  mr_conn *c = p->data;
+  mr_server *s = &mr_srv;
+  mr_parse *ps = s->parse_pool;
+  if (ps) {
+    s->parse_pool = ps->next;
+    s->parse_pool_len--;
+  } else {
+    ps = calloc(1, sizeof *ps);
+    if (!ps) return fail(c, 503);
+  }
+  ps->bytes.len = 0;
+  ps->target_len = 0;
+  ps->nhdr = 0;
+  ps->in_value = H_NONE;
+  ps->head_bytes = 0;
+  c->ps = ps;
+  c->error_status = 0;
+  return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n) {
+  mr_conn *c = p->data;
+  if (count_head(c, n, 414)) return HPE_USER;
+  mr_buf_append(&c->ps->bytes, at, n);
+  c->ps->target_len += (uint32_t)n;
+  return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n) {
+  mr_conn *c = p->data;
+  mr_parse *ps = c->ps;
+  if (count_head(c, n, 431)) return HPE_USER;
+  if (ps->in_value != H_FIELD) {
+    if (ps->nhdr == MR_MAX_HEADERS) return fail(c, 431);
+    ps->hdr[ps->nhdr].name_off = (uint32_t)ps->bytes.len;
+    ps->hdr[ps->nhdr].name_len = 0;
+    ps->in_value = H_FIELD;
+  }
+  mr_buf_append(&ps->bytes, at, n);
+  ps->hdr[ps->nhdr].name_len += (uint32_t)n;
+  return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n) {
+  mr_conn *c = p->data;
+  mr_parse *ps = c->ps;
+  if (count_head(c, n, 431)) return HPE_USER;
+  if (ps->in_value != H_VALUE) {
+    ps->hdr[ps->nhdr].value_off = (uint32_t)ps->bytes.len;
+    ps->hdr[ps->nhdr].value_len = 0;
+    ps->in_value = H_VALUE;
+  }
+  mr_buf_append(&ps->bytes, at, n);
+  ps->hdr[ps->nhdr].value_len += (uint32_t)n;
+  return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p) {
+  mr_conn *c = p->data;
+  mr_parse *ps = c->ps;
+  if (ps->in_value != H_VALUE) {            /* empty value: no data callback */
+    ps->hdr[ps->nhdr].value_off = (uint32_t)ps->bytes.len;
+    ps->hdr[ps->nhdr].value_len = 0;
+  }
+  ps->nhdr++;
+  ps->in_value = H_NONE;
+  return 0;
+}
+
+/* RFC 9112 6.1: the final coding of a request must be chunked (else 400);
+ * a coding we cannot decode gets 501. */
+static int check_transfer_encoding(mr_conn *c) {
+  mr_parse *ps = c->ps;
+  for (unsigned i = 0; i < ps->nhdr; i++) {
+    mr_hpair *h = &ps->hdr[i];
+    if (h->name_len != 17 || strncasecmp(ps->bytes.data + h->name_off, "transfer-encoding", 17))
+      continue;
+    const char *v = ps->bytes.data + h->value_off, *end = v + h->value_len;
+    int last_chunked = 0, unknown = 0;
+    while (v < end) {
+      while (v < end && (*v == ' ' || *v == '\t' || *v == ',')) v++;
+      const char *tok = v;
+      while (v < end && *v != ',' && *v != ' ' && *v != '\t' && *v != ';') v++;
+      size_t n = (size_t)(v - tok);
+      while (v < end && *v != ',') v++;           /* skip parameters */
+      if (!n) continue;
+      last_chunked = n == 7 && strncasecmp(tok, "chunked", 7) == 0;
+      if (!last_chunked) unknown = 1;
+    }
+    if (!last_chunked) return 400;
+    if (unknown) return 501;
+  }
+  return 0;
+}
+
+static int on_headers_complete(llhttp_t *p) {
+  mr_conn *c = p->data;
+  int status = check_transfer_encoding(c);
+  if (status) {
+    c->error_status = (uint16_t)status;
+    return -1;
+  }
+  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > mr_srv.cfg.max_body_size) {
+    c->error_status = 413;
+    return -1;
+  }
+  c->event = CONN_EV_HEADERS;
+  return HPE_PAUSED;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n) {
+  mr_conn *c = p->data;
+  mr_request *r = c->req;
+  if (!r) return 0;
+  r->body_total += n;
+  if (r->body_total > mr_srv.cfg.max_body_size) return fail(c, 413);
+  if (!(r->flags & REQ_ENDED)) request_body(r, at, n);
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  mr_conn *c = p->data;
+  if (c->req) c->req->flags |= REQ_MSG_DONE | REQ_BODY_DONE;
+  c->event = CONN_EV_MESSAGE;
+  return HPE_PAUSED;
+}
+
+void parser_init(mr_conn *c) {
+  if (!settings.on_message_begin) {
+    llhttp_settings_init(&settings);
+    settings.on_message_begin = on_message_begin;
+    settings.on_url = on_url;
+    settings.on_header_field = on_header_field;
+    settings.on_header_value = on_header_value;
+    settings.on_header_value_complete = on_header_value_complete;
+    settings.on_headers_complete = on_headers_complete;
+    settings.on_body = on_body;
+    settings.on_message_complete = on_message_complete;
+  }
+  llhttp_init(&c->parser, HTTP_REQUEST, &settings);
+  c->parser.data = c;
+}
+
+void parser_release(mr_conn *c) {
+  mr_parse *ps = c->ps;
+  if (!ps) return;
+  c->ps = NULL;
+  mr_server *s = &mr_srv;
+  if (s->parse_pool_len < PARSE_POOL_MAX && ps->bytes.cap <= 4 * MR_KIB) {
+    ps->next = s->parse_pool;
+    s->parse_pool = ps;
+    s->parse_pool_len++;
+  } else {
+    mr_buf_free(&ps->bytes);
+    free(ps);
+  }
+}
+
+int parser_error_status(mr_conn *c, llhttp_errno_t err) {
+  if (c->error_status) return c->error_status;
+  return 400;
+}

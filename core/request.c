@@ -1,0 +1,266 @@
+/* request.c — turns a parsed head into the Lua request table (DESIGN 4.2),
+ * starts the request's coroutine, and implements the body reader. The
+ * request userdata is anchored in the registry until both the connection and
+ * the coroutine are done with it (request_release). */
+#include "runner.h"
+#include <lauxlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define REQUEST_MT "moonring.request"
+
+static void push_target(lua_State *L, mr_conn *c, const char *t, size_t n) {
+  /* origin form "/p?q"; absolute form "http://host/p?q" (uri is its path);
+   * authority form "host:port" (CONNECT) and asterisk form "*" kept as sent. */
+  const char *path = t, *end = t + n;
+  if (n && t[0] != '/' && t[0] != '*' && llhttp_get_method(&c->parser) != HTTP_CONNECT) {
+    const char *scheme = memchr(t, ':', n);
+    if (scheme && end - scheme >= 3 && scheme[1] == '/' && scheme[2] == '/') {
+      path = memchr(scheme + 3, '/', (size_t)(end - scheme - 3));
+      if (!path) {
+        const char *q = memchr(scheme + 3, '?', (size_t)(end - scheme - 3));
+        path = q ? q : end;
+      }
+    }
+  }
+  const char *q = memchr(path, '?', (size_t)(end - path));
+  const char *uend = q ? q : end;
+  if (uend == path || *path == '?') lua_pushliteral(L, "/");
+  else if (path != t && *path != '/') lua_pushliteral(L, "/");
+  else lua_pushlstring(L, path, (size_t)(uend - path));
+  lua_setfield(L, -2, "uri");
+  if (q) {
+    lua_pushlstring(L, q + 1, (size_t)(end - q - 1));
+    lua_setfield(L, -2, "query_string");
+  }
+}
+
+/* headers: lower-case names; repeats joined with ", " (cookie: "; "). */
+static void push_headers(lua_State *L, mr_parse *ps, const char **host, size_t *hostlen) {
+  lua_createtable(L, 0, (int)ps->nhdr);
+  for (unsigned i = 0; i < ps->nhdr; i++) {
+    mr_hpair *h = &ps->hdr[i];
+    char *name = ps->bytes.data + h->name_off;
+    for (uint32_t k = 0; k < h->name_len; k++)
+      if (name[k] >= 'A' && name[k] <= 'Z') name[k] |= 0x20;
+    const char *value = ps->bytes.data + h->value_off;
+    lua_pushlstring(L, name, h->name_len);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_pushlstring(L, value, h->value_len);
+    } else {
+      int cookie = h->name_len == 6 && memcmp(name, "cookie", 6) == 0;
+      lua_pushstring(L, cookie ? "; " : ", ");
+      lua_pushlstring(L, value, h->value_len);
+      lua_concat(L, 3);
+    }
+    lua_rawset(L, -3);
+    if (h->name_len == 4 && memcmp(name, "host", 4) == 0) {
+      *host = value;
+      *hostlen = h->value_len;
+    }
+  }
+  lua_setfield(L, -2, "headers");
+}
+
+static void push_server_name(lua_State *L, const char *host, size_t n) {
+  if (!host || !n) {
+    lua_pushstring(L, mr_srv.cfg.host);
+    return;
+  }
+  size_t len = n;
+  if (host[0] == '[') {                      /* [v6]:port */
+    const char *close = memchr(host, ']', n);
+    len = close ? (size_t)(close - host) + 1 : n;
+  } else {
+    const char *colon = memchr(host, ':', n);
+    if (colon) len = (size_t)(colon - host);
+  }
+  lua_pushlstring(L, host, len);
+}
+
+static int has_expect_continue(mr_parse *ps) {
+  for (unsigned i = 0; i < ps->nhdr; i++) {
+    mr_hpair *h = &ps->hdr[i];
+    if (h->name_len == 6 && strncasecmp(ps->bytes.data + h->name_off, "expect", 6) == 0 &&
+        h->value_len == 12 && strncasecmp(ps->bytes.data + h->value_off, "100-continue", 12) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+void request_start(mr_conn *c) {
+  mr_server *s = &mr_srv;
+  lua_State *L = s->L;
+  mr_parse *ps = c->ps;
+  llhttp_t *p = &c->parser;
+
+  mr_request *r = lua_newuserdatauv(L, sizeof *r, 2);
+  memset(r, 0, sizeof *r);
+  r->ref = LUA_NOREF;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->request_mt_ref);
+  lua_setmetatable(L, -2);
+  r->conn = c;
+  r->id = ++s->next_request_id;
+  r->start_ns = uv_hrtime();
+  r->status = 0;
+  c->req = r;
+
+  int minor = llhttp_get_http_minor(p);
+  if (llhttp_should_keep_alive(p)) r->flags |= REQ_KEEP_ALIVE;
+  if (minor == 0) r->flags |= REQ_HTTP10;
+  if (llhttp_get_method(p) == HTTP_HEAD) r->flags |= REQ_IS_HEAD;
+  int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+  if (has_body) {
+    r->flags |= REQ_HAS_BODY;
+    if (minor >= 1 && has_expect_continue(ps)) r->flags |= REQ_CONTINUE;
+  }
+
+  lua_State *co = lua_newthread(L);
+  r->co = co;
+  lua_setiuservalue(L, -2, 1);               /* the handle anchors its coroutine */
+  *(mr_request **)lua_getextraspace(co) = r;
+
+  lua_rawgeti(co, LUA_REGISTRYINDEX, s->serve_ref);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, s->app_ref);
+
+  lua_createtable(co, 0, 16);
+  const char *method = llhttp_method_name(llhttp_get_method(p));
+  lua_pushstring(co, method);
+  lua_setfield(co, -2, "request_method");
+  push_target(co, c, ps->bytes.data, ps->target_len);
+  const char *host = NULL;
+  size_t hostlen = 0;
+  push_headers(co, ps, &host, &hostlen);
+  if (has_body) {
+    lua_pushvalue(L, -1);
+    lua_xmove(L, co, 1);
+    lua_setfield(co, -2, "body");
+  }
+  lua_pushliteral(co, "http");
+  lua_setfield(co, -2, "scheme");
+  if (minor == 0) lua_pushliteral(co, "HTTP/1.0");
+  else lua_pushliteral(co, "HTTP/1.1");
+  lua_setfield(co, -2, "protocol");
+  lua_pushstring(co, c->remote);
+  lua_setfield(co, -2, "remote_addr");
+  push_server_name(co, host, hostlen);
+  lua_setfield(co, -2, "server_name");
+  lua_pushinteger(co, s->port);
+  lua_setfield(co, -2, "server_port");
+  lua_newtable(co);
+  lua_setfield(co, -2, "params");
+  lua_pushinteger(co, (lua_Integer)r->id);
+  lua_setfield(co, -2, "id");
+
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1);
+  lua_setiuservalue(L, -2, 2);               /* kept for error reports */
+  lua_pushvalue(L, -1);
+  lua_xmove(L, co, 1);                       /* serve(app, req, handle) */
+  r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  runner_resume(r, 3);
+}
+
+void request_release(mr_request *r) {
+  if (r->conn || !(r->flags & REQ_ENDED) || r->ref == LUA_NOREF) return;
+  luaL_unref(mr_srv.L, LUA_REGISTRYINDEX, r->ref);
+  r->ref = LUA_NOREF;
+}
+
+void request_body(mr_request *r, const char *p, size_t n) {
+  mr_buf_append(&r->body, p, n);
+}
+
+void request_body_notify(mr_request *r) {
+  if (r->wait == WAIT_BODY && (r->body.len || (r->flags & REQ_BODY_DONE))) runner_wake(r, 0);
+}
+
+mr_request *request_check(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, REQUEST_MT);
+}
+
+/* req.body:read() → next chunk or nil at the end;
+ * req.body:read("a") → the rest as one string ("" when nothing is left). */
+static int body_read_k(lua_State *L, int status, lua_KContext all);
+
+static int body_read_now(lua_State *L, mr_request *r, int all) {
+  if (r->body.len && (!all || (r->flags & REQ_BODY_DONE))) {
+    lua_pushlstring(L, r->body.data, r->body.len);
+    r->body.len = 0;
+    return 1;
+  }
+  if (r->flags & REQ_BODY_DONE) {
+    if (all) lua_pushliteral(L, "");
+    else lua_pushnil(L);
+    return 1;
+  }
+  if (!r->conn) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  if (r->flags & REQ_CONTINUE) {
+    r->flags &= ~REQ_CONTINUE;
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
+    conn_write(r->conn, &b, 1);
+    if (!r->conn) {
+      lua_pushnil(L);
+      lua_pushliteral(L, "closed");
+      return 2;
+    }
+  }
+  if (runner_current(L) != r)
+    return luaL_error(L, "req.body:read() must be called from its own request's coroutine");
+  return runner_park(L, r, WAIT_BODY, NULL, NULL, body_read_k, all);
+}
+
+static int body_read_k(lua_State *L, int status, lua_KContext all) {
+  return body_read_now(L, request_check(L, 1), (int)all);
+}
+
+static int body_read(lua_State *L) {
+  mr_request *r = request_check(L, 1);
+  int all = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    const char *fmt = luaL_checkstring(L, 2);
+    if (fmt[0] == '*') fmt++;
+    if (fmt[0] != 'a') return luaL_argerror(L, 2, "expected \"a\" or nothing");
+    all = 1;
+  }
+  lua_settop(L, 1);
+  return body_read_now(L, r, all);
+}
+
+static int request_gc(lua_State *L) {
+  mr_request *r = lua_touserdata(L, 1);
+  mr_buf_free(&r->body);
+  return 0;
+}
+
+static int request_tostring(lua_State *L) {
+  mr_request *r = lua_touserdata(L, 1);
+  lua_pushfstring(L, "moonring.body (request %I)", (lua_Integer)r->id);
+  return 1;
+}
+
+static const luaL_Reg body_methods[] = {
+  {"read", body_read},
+  {NULL, NULL},
+};
+
+static const luaL_Reg request_meta[] = {
+  {"__gc", request_gc},
+  {"__tostring", request_tostring},
+  {NULL, NULL},
+};
+
+void request_open(lua_State *L) {
+  luaL_newmetatable(L, REQUEST_MT);
+  luaL_setfuncs(L, request_meta, 0);
+  luaL_newlib(L, body_methods);
+  lua_setfield(L, -2, "__index");
+  mr_srv.request_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}

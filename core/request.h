@@ -1,0 +1,68 @@
+/* request.h — a request as Lua sees it. The mr_request is the full userdata
+ * behind `req.body` and the handle the serve loop passes to the response
+ * functions; its user values anchor the coroutine and the request table.
+ * It lives as long as Lua holds it; `conn` is NULL once the client is gone
+ * or the request has ended. */
+#ifndef MR_REQUEST_H
+#define MR_REQUEST_H
+
+#include "conn.h"
+#include <lauxlib.h>
+
+enum {
+  REQ_HAS_BODY    = 1 << 0,
+  REQ_BODY_DONE   = 1 << 1,     /* the whole request body has arrived */
+  REQ_HEAD_SENT   = 1 << 2,
+  REQ_RESP_DONE   = 1 << 3,     /* the last byte of the response is queued */
+  REQ_CHUNKED     = 1 << 4,     /* response uses chunked encoding */
+  REQ_IS_HEAD     = 1 << 5,
+  REQ_KEEP_ALIVE  = 1 << 6,     /* the connection may serve another request */
+  REQ_HTTP10      = 1 << 7,
+  REQ_RUNNING     = 1 << 8,     /* inside lua_resume */
+  REQ_CANCEL      = 1 << 9,     /* cancel as soon as the coroutine is suspended */
+  REQ_ENDED       = 1 << 10,    /* coroutine finished or cancelled */
+  REQ_MSG_DONE    = 1 << 11,    /* the parser saw the end of the request message */
+  REQ_CONTINUE    = 1 << 12,    /* client expects 100-continue before the body */
+};
+
+enum { WAIT_NONE, WAIT_SLEEP, WAIT_BODY, WAIT_DRAIN };
+
+typedef struct mr_request {
+  mr_conn *conn;
+  lua_State *co;
+  int ref;                      /* registry ref: anchors this userdata */
+  unsigned flags;
+  uint8_t wait;                 /* what the parked coroutine waits for */
+  void (*wait_cancel)(struct mr_request *r);
+  void *wait_data;
+  int status;
+  uint64_t id;
+  uint64_t start_ns;
+  uint64_t bytes_out;           /* body bytes, for the access log */
+  mr_buf body;                  /* request body received and not read yet */
+  size_t body_total;
+} mr_request;
+
+/* Builds the Lua request from c->ps and starts its coroutine. */
+void request_start(mr_conn *c);
+/* The parser delivered body bytes, or the end of the body. */
+void request_body(mr_request *r, const char *p, size_t n);
+/* Wakes a coroutine waiting in req.body:read() if there is news for it. */
+void request_body_notify(mr_request *r);
+/* Drops the registry anchor once both the connection and the coroutine are
+ * done with the request; Lua's GC frees it after that. */
+void request_release(mr_request *r);
+mr_request *request_check(lua_State *L, int idx);
+void request_open(lua_State *L);         /* creates the request-handle metatable */
+
+/* response.c */
+extern const luaL_Reg response_funcs[];
+/* A complete short text/plain response; `rflags` (REQ_KEEP_ALIVE, REQ_HTTP10)
+ * choose the Connection header. */
+int response_simple(mr_conn *c, int status, const char *body, unsigned rflags);
+const char *response_reason(int status);
+
+/* sleep.c */
+extern const luaL_Reg sleep_funcs[];
+
+#endif

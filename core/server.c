@@ -1,0 +1,104 @@
+/* server.c — the listener: binds, accepts, and owns the worker's lifecycle
+ * (SIGTERM/SIGINT drain with a grace period). Connections are created by
+ * conn_accept and report back through server_conn_closed. */
+#include "conn.h"
+#include "request.h"
+#include <stdio.h>
+#include <string.h>
+
+mr_server mr_srv;
+
+static void close_cb_noop(uv_handle_t *h) { (void)h; }
+
+static void on_connection(uv_stream_t *listener, int status) {
+  if (status < 0) {
+    log_error("accept: %s", uv_strerror(status));
+    return;
+  }
+  conn_accept(listener->data);
+}
+
+static void flush_cb(uv_check_t *h) { log_flush(); }
+
+/* Everything has closed: release the loop's remaining handles so uv_run returns. */
+static void server_finish(mr_server *s) {
+  uv_close((uv_handle_t *)&s->sig_term, close_cb_noop);
+  uv_close((uv_handle_t *)&s->sig_int, close_cb_noop);
+  uv_close((uv_handle_t *)&s->grace_timer, close_cb_noop);
+  uv_close((uv_handle_t *)&s->log_flush, close_cb_noop);
+}
+
+static void grace_cb(uv_timer_t *t) {
+  mr_server *s = t->data;
+  log_error("grace period over: aborting %u connection(s)", s->nconns);
+  for (mr_conn *c = s->conns; c; c = c->next)
+    if (!(c->flags & CONN_CLOSING)) conn_close(c, 1);
+}
+
+void server_drain(mr_server *s) {
+  if (s->draining) return;
+  s->draining = 1;
+  uv_close((uv_handle_t *)&s->listener, close_cb_noop);
+  /* Idle connections go now; busy ones close when their request ends. */
+  mr_conn *next;
+  for (mr_conn *c = s->conns; c; c = next) {
+    next = c->next;
+    if (!c->req && !c->ps && !(c->flags & CONN_CLOSING)) conn_close(c, 0);
+  }
+  if (s->nconns == 0) {
+    server_finish(s);
+    return;
+  }
+  uv_timer_start(&s->grace_timer, grace_cb, s->cfg.grace_ms, 0);
+}
+
+void server_conn_closed(mr_server *s) {
+  if (s->draining && s->nconns == 0) server_finish(s);
+}
+
+static void signal_cb(uv_signal_t *h, int signum) {
+  server_drain(h->data);
+}
+
+int server_start(mr_server *s) {
+  struct sockaddr_storage addr;
+  int rc;
+  if (strchr(s->cfg.host, ':'))
+    rc = uv_ip6_addr(s->cfg.host, s->cfg.port, (struct sockaddr_in6 *)&addr);
+  else
+    rc = uv_ip4_addr(s->cfg.host, s->cfg.port, (struct sockaddr_in *)&addr);
+  if (rc < 0) {
+    fprintf(stderr, "moonring: bad --host %s: %s\n", s->cfg.host, uv_strerror(rc));
+    return -1;
+  }
+  uv_tcp_init(s->loop, &s->listener);
+  s->listener.data = s;
+  if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0)) < 0 ||
+      (rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection)) < 0) {
+    fprintf(stderr, "moonring: cannot listen on %s:%d: %s\n", s->cfg.host, s->cfg.port,
+            uv_strerror(rc));
+    return -1;
+  }
+  int len = sizeof addr;
+  uv_tcp_getsockname(&s->listener, (struct sockaddr *)&addr, &len);
+  s->port = ntohs(addr.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&addr)->sin6_port
+                                             : ((struct sockaddr_in *)&addr)->sin_port);
+
+  uv_signal_init(s->loop, &s->sig_term);
+  uv_signal_init(s->loop, &s->sig_int);
+  s->sig_term.data = s->sig_int.data = s;
+  uv_signal_start(&s->sig_term, signal_cb, SIGTERM);
+  uv_signal_start(&s->sig_int, signal_cb, SIGINT);
+  uv_timer_init(s->loop, &s->grace_timer);
+  s->grace_timer.data = s;
+  uv_check_init(s->loop, &s->log_flush);
+  uv_check_start(&s->log_flush, flush_cb);
+  uv_unref((uv_handle_t *)&s->log_flush);
+
+  if (strchr(s->cfg.host, ':'))
+    printf("listening on http://[%s]:%d\n", s->cfg.host, s->port);
+  else
+    printf("listening on http://%s:%d\n", s->cfg.host, s->port);
+  fflush(stdout);
+  return 0;
+}
