@@ -184,7 +184,8 @@ static void log_request(mr_conn *c, mr_request *r, int status) {
 static void detach_request(mr_conn *c) {
   mr_request *r = c->req;
   if (!r) return;
-  log_request(c, r, (r->flags & REQ_RESP_DONE) ? r->status : 499);
+  /* 499 (nginx's "client closed request") when no status went out */
+  log_request(c, r, (r->flags & REQ_HEAD_SENT) ? r->status : 499);
   c->req = NULL;
   r->conn = NULL;
   if (!(r->flags & REQ_ENDED)) runner_cancel(r);
@@ -292,7 +293,11 @@ static void reject(mr_conn *c, int status) {
  * between llhttp_execute calls, never inside a parser callback. */
 static void conn_process(mr_conn *c, char *data, size_t len) {
   c->flags |= CONN_PROCESSING;
-  while (len > 0 && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
+  /* After a pause the parser may have work left that needs no input (the end
+   * of a bodiless message), so it runs once more even when len is 0. */
+  int resumed = 0;
+  while ((len > 0 || resumed) && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
+    resumed = 0;
     if (c->req && (c->req->flags & REQ_MSG_DONE)) break;   /* pipelined: wait */
     if (!c->ps && !c->req) arm(c, timer_cb, mr_srv.cfg.header_timeout_ms);
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
@@ -301,6 +306,7 @@ static void conn_process(mr_conn *c, char *data, size_t len) {
     len -= used;
     if (err == HPE_PAUSED) {
       llhttp_resume(&c->parser);
+      resumed = 1;
       uint8_t ev = c->event;
       c->event = CONN_EV_NONE;
       if (ev == CONN_EV_HEADERS) {

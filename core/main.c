@@ -72,7 +72,7 @@ static int parse_int(const char *s, long lo, long hi, long *out) {
 }
 
 static int exists(const char *dir, const char *file) {
-  char path[PATH_MAX];
+  char path[PATH_MAX * 2];
   snprintf(path, sizeof path, "%s/%s", dir, file);
   return access(path, R_OK) == 0;
 }
@@ -88,8 +88,9 @@ static const char *find_lua_dir(char *out, size_t len) {
     char *dir = dirname(exe);
     const char *rel[] = {"../lua", "../share/moonring/lua", "../../lua"};
     for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
-      snprintf(out, len, "%s/%s", dir, rel[i]);
-      if (exists(out, "moonring/serve.lua")) return out;
+      char candidate[PATH_MAX + 32];
+      snprintf(candidate, sizeof candidate, "%s/%s", dir, rel[i]);
+      if (exists(candidate, "moonring/serve.lua") && realpath(candidate, out)) return out;
     }
   }
   if (exists(MOONRING_INSTALL_LUA_DIR, "moonring/serve.lua")) return MOONRING_INSTALL_LUA_DIR;

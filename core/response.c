@@ -6,6 +6,7 @@
  * the response are refused, never written. */
 #include "runner.h"
 #include <lauxlib.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -14,6 +15,18 @@
 #define MAX_INLINE_BUFS 16
 
 static mr_buf head;                /* scratch: rebuilt for every response */
+
+/* Raises "bad response: ..." without a position: the caller is always
+ * serve.lua, and the log line names the route instead. */
+static int bad_response(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  lua_pushliteral(L, "bad response: ");
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
 
 const char *response_reason(int status) {
   switch (status) {
@@ -121,7 +134,7 @@ static void head_header(lua_State *L, const char *name, size_t nlen, int vidx) {
   size_t vlen;
   const char *v = lua_tolstring(L, vidx, &vlen);
   if (!safe_value(v, vlen))
-    luaL_error(L, "bad response: header %s has a value with CR, LF or NUL", name);
+    bad_response(L, "header %s has a value with CR, LF or NUL", name);
   mr_buf_reserve(&head, nlen + vlen + 4);
   mr_buf_append(&head, name, nlen);
   mr_buf_lit(&head, ": ");
@@ -135,11 +148,11 @@ static unsigned head_headers(lua_State *L, int hidx, unsigned rflags, int *has_d
   lua_pushnil(L);
   while (lua_next(L, hidx)) {
     if (lua_type(L, -2) != LUA_TSTRING)
-      luaL_error(L, "bad response: header names must be strings, got %s", luaL_typename(L, -2));
+      bad_response(L, "header names must be strings, got %s", luaL_typename(L, -2));
     size_t nlen;
     const char *name = lua_tolstring(L, -2, &nlen);
     if (!is_token(name, nlen))
-      luaL_error(L, "bad response: invalid header name \"%s\"", name);
+      bad_response(L, "invalid header name \"%s\"", name);
     int t = lua_type(L, -1);
     if (name_is(name, nlen, "content-length") || name_is(name, nlen, "transfer-encoding")) {
       /* framing belongs to the server */
@@ -154,13 +167,13 @@ static unsigned head_headers(lua_State *L, int hidx, unsigned rflags, int *has_d
       for (lua_Integer i = 1; i <= n; i++) {
         int et = lua_rawgeti(L, -1, i);
         if (et != LUA_TSTRING && et != LUA_TNUMBER)
-          luaL_error(L, "bad response: header %s[%d] is a %s, expected a string", name, (int)i,
+          bad_response(L, "header %s[%d] is a %s, expected a string", name, (int)i,
                      lua_typename(L, et));
         head_header(L, name, nlen, -1);
         lua_pop(L, 1);
       }
     } else {
-      luaL_error(L, "bad response: header %s is a %s, expected a string or an array of strings",
+      bad_response(L, "header %s is a %s, expected a string or an array of strings",
                  name, lua_typename(L, t));
     }
     lua_pop(L, 1);
@@ -173,7 +186,7 @@ static int response_send(lua_State *L) {
   mr_request *r = request_check(L, 1);
   if (r->flags & REQ_HEAD_SENT) return luaL_error(L, "response already sent");
   if (!lua_istable(L, 2))
-    return luaL_error(L, "bad response: the handler returned %s, expected a response table",
+    return bad_response(L, "the handler returned %s, expected a response table",
                       luaL_typename(L, 2));
   lua_settop(L, 2);
   lua_getfield(L, 2, "status");             /* 3 */
@@ -185,12 +198,12 @@ static int response_send(lua_State *L) {
     int ok;
     lua_Integer st = lua_tointegerx(L, 3, &ok);
     if (!ok || st < 100 || st > 599)
-      return luaL_error(L, "bad response: status must be an integer 100-599, got %s",
+      return bad_response(L, "status must be an integer 100-599, got %s",
                         luaL_tolstring(L, 3, NULL));
     status = (int)st;
   }
   if (!lua_isnil(L, 4) && !lua_istable(L, 4))
-    return luaL_error(L, "bad response: headers must be a table, got %s", luaL_typename(L, 4));
+    return bad_response(L, "headers must be a table, got %s", luaL_typename(L, 4));
 
   /* The body: its kind and, when known, its length and pieces. */
   int kind = lua_type(L, 5);
@@ -202,13 +215,13 @@ static int response_send(lua_State *L) {
     nparts = (lua_Integer)lua_rawlen(L, 5);
     for (lua_Integer i = 1; i <= nparts; i++) {
       if (lua_rawgeti(L, 5, i) != LUA_TSTRING)
-        return luaL_error(L, "bad response: body[%d] is a %s, expected a string", (int)i,
+        return bad_response(L, "body[%d] is a %s, expected a string", (int)i,
                           luaL_typename(L, -1));
       blen += lua_rawlen(L, -1);
       lua_pop(L, 1);
     }
   } else if (kind != LUA_TNIL && kind != LUA_TFUNCTION) {
-    return luaL_error(L, "bad response: body of unknown kind (%s)", luaL_typename(L, 5));
+    return bad_response(L, "body of unknown kind (%s)", luaL_typename(L, 5));
   }
 
   unsigned rflags = r->flags;
@@ -277,7 +290,7 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
 static int response_write(lua_State *L) {
   mr_request *r = request_check(L, 1);
   if (lua_type(L, 2) != LUA_TSTRING)
-    return luaL_error(L, "bad response: the body produced a %s, expected a string",
+    return bad_response(L, "the body produced a %s, expected a string",
                       luaL_typename(L, 2));
   if (!(r->flags & REQ_HEAD_SENT) || (r->flags & REQ_RESP_DONE))
     return luaL_error(L, "write outside a streamed response body");
