@@ -118,6 +118,8 @@ int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen) {
   s->L = L;
   *(mr_request **)lua_getextraspace(L) = NULL;
   luaL_openlibs(L);
+  lua_gc(L, LUA_GCGEN, 0, 0);
+
   lua_pushcfunction(L, load_all);
   lua_pushstring(L, lua_dir);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {

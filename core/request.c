@@ -117,7 +117,7 @@ void request_start(mr_conn *c) {
     if (minor >= 1 && has_expect_continue(ps)) r->flags |= REQ_CONTINUE;
   }
 
-  lua_State *co = lua_newthread(L);
+  lua_State *co = runner_thread(L);
   r->co = co;
   lua_setiuservalue(L, -2, 1);               /* the handle anchors its coroutine */
   *(mr_request **)lua_getextraspace(co) = r;

@@ -68,11 +68,20 @@ const char *response_reason(int status) {
   }
 }
 
+/* Decimal digits of `v` into the head (snprintf costs more than the rest of
+ * the head together). */
+static void head_uint(uint64_t v) {
+  char digits[24];
+  int i = sizeof digits;
+  do digits[--i] = (char)('0' + v % 10); while ((v /= 10) && i > 0);
+  mr_buf_append(&head, digits + i, sizeof digits - (size_t)i);
+}
+
 static void head_start(int status) {
-  char line[64];
   head.len = 0;
-  int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", status);
-  mr_buf_append(&head, line, (size_t)n);
+  mr_buf_lit(&head, "HTTP/1.1 ");
+  head_uint((uint64_t)status);
+  mr_buf_lit(&head, " ");
   const char *reason = response_reason(status);
   mr_buf_append(&head, reason, strlen(reason));
   mr_buf_lit(&head, "\r\n");
@@ -85,9 +94,9 @@ static void head_date(void) {
 }
 
 static void head_length(size_t len) {
-  char line[48];
-  int n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", len);
-  mr_buf_append(&head, line, (size_t)n);
+  mr_buf_lit(&head, "Content-Length: ");
+  head_uint(len);
+  mr_buf_lit(&head, "\r\n");
 }
 
 static void head_connection(unsigned rflags) {

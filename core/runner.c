@@ -6,6 +6,40 @@
 #include <lauxlib.h>
 #include <string.h>
 
+/* Finished coroutines are kept for reuse: a new thread costs a stack and a
+ * CallInfo chain to allocate and, later, to collect. Only coroutines that
+ * returned normally are reused (their stack is empty); failed or cancelled
+ * ones are left to the GC. The pool table (registry) anchors them. */
+#define POOL_MAX 256
+static int pool_ref = LUA_NOREF;
+static int pool_len;
+
+lua_State *runner_thread(lua_State *L) {
+  if (pool_len) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, pool_ref);
+    lua_rawgeti(L, -1, pool_len);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, pool_len--);
+    lua_remove(L, -2);
+    return lua_tothread(L, -1);
+  }
+  return lua_newthread(L);
+}
+
+static void pool_put(lua_State *co) {
+  lua_State *L = mr_srv.L;
+  if (pool_len >= POOL_MAX || lua_status(co) != LUA_OK || lua_gettop(co) != 0) return;
+  if (pool_ref == LUA_NOREF) {
+    lua_createtable(L, POOL_MAX, 0);
+    pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, pool_ref);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_rawseti(L, -2, ++pool_len);
+  lua_pop(L, 1);
+}
+
 mr_request *runner_current(lua_State *L) {
   return *(mr_request **)lua_getextraspace(L);
 }
@@ -29,6 +63,7 @@ void runner_wake(mr_request *r, int nargs) {
 
 /* The coroutine will not run again: hand the request back to its owner. */
 static void ended(mr_request *r) {
+  if (r->co) *(mr_request **)lua_getextraspace(r->co) = NULL;
   r->flags |= REQ_ENDED;
   r->co = NULL;
   if (r->conn) conn_request_ended(r->conn);
@@ -44,6 +79,7 @@ void runner_cancel(mr_request *r) {
   if (r->wait_cancel) r->wait_cancel(r);
   r->wait = WAIT_NONE;
   r->wait_cancel = NULL;
+  *(mr_request **)lua_getextraspace(r->co) = NULL;
   lua_resetthread(r->co);                    /* closes pending to-be-closed variables */
   r->flags |= REQ_ENDED;
   r->co = NULL;
@@ -107,5 +143,6 @@ void runner_resume(mr_request *r, int nargs) {
     status = LUA_ERRRUN;
   }
   if (status != LUA_OK) failed(r, co);
+  else pool_put(co);
   ended(r);
 }
