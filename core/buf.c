@@ -5,20 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-void mr_buf_reserve(mr_buf *b, size_t extra) {
-  if (b->len + extra <= b->cap) return;
+void mr_buf_grow(mr_buf *b, size_t extra) {
   size_t cap = b->cap ? b->cap : 256;
   while (cap < b->len + extra) cap *= 2;
   char *p = realloc(b->data, cap);
   if (!p) { fputs("moonring: out of memory\n", stderr); abort(); }
   b->data = p;
   b->cap = cap;
-}
-
-void mr_buf_append(mr_buf *b, const void *p, size_t n) {
-  mr_buf_reserve(b, n);
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
 }
 
 void mr_buf_free(mr_buf *b) {

@@ -1,9 +1,10 @@
 /* conn.c — one client connection: reads into the server's shared slab, feeds
  * the parser, serves one request at a time (so pipelined responses stay in
  * order), writes with try-then-queue, and closes gracefully (shutdown, then
- * drain the client's leftovers for a moment) or by reset. The mr_conn is
- * freed in the close callback of its last handle; a request still holding it
- * is detached first (req->conn = NULL). */
+ * drain the client's leftovers for a moment) or by reset. Timeouts are an
+ * expiry time per connection, checked by the server's sweep timer (no timer
+ * handle per connection). The mr_conn is freed in its socket's close
+ * callback; a request still holding it is detached first (req->conn = NULL). */
 #include "runner.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,17 +16,20 @@
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_process(mr_conn *c, char *data, size_t len);
+static void reject(mr_conn *c, int status);
 
-static void arm(mr_conn *c, uv_timer_cb cb, uint64_t ms) {
-  uv_timer_start(&c->timer, cb, ms, 0);
-}
+static void arm(mr_conn *c, uint64_t ms) { c->expire = uv_now(mr_srv.loop) + ms; }
+static void disarm(mr_conn *c) { c->expire = 0; }
 
-/* Header timeout, idle timeout and linger share one timer; which one is
- * running follows from the connection's state. */
-static void timer_cb(uv_timer_t *t) {
-  mr_conn *c = t->data;
+/* The connection's expiry passed. Header timeout, idle timeout, request
+ * deadline, unread-body timeout and linger share it; which one it was
+ * follows from the connection's state. */
+void conn_timeout(mr_conn *c) {
+  c->expire = 0;
   if (c->flags & CONN_SHUTDOWN) {
-    conn_close(c, 0);
+    conn_close(c, CONN_CLOSE_GRACEFUL);
+  } else if (c->req && (c->req->flags & REQ_ENDED)) {
+    conn_close(c, CONN_CLOSE_RESET);                /* the rest of an unread body stopped coming */
   } else if (c->req) {
     mr_request *r = c->req;          /* request deadline */
     if (r->flags & REQ_HEAD_SENT) return;
@@ -37,10 +41,9 @@ static void timer_cb(uv_timer_t *t) {
     response_simple(c, 504, "Gateway Timeout\n", r->flags);
     conn_request_ended(c);
   } else if (c->ps) {
-    response_simple(c, 408, "Request Timeout\n", 0);
-    conn_close(c, 0);
+    reject(c, 408);
   } else {
-    conn_close(c, 0);                /* idle keep-alive, or connected and silent */
+    conn_close(c, CONN_CLOSE_GRACEFUL);                /* idle keep-alive, or connected and silent */
   }
 }
 
@@ -63,7 +66,6 @@ static void read_stop(mr_conn *c) {
 
 static void close_cb(uv_handle_t *h) {
   mr_conn *c = h->data;
-  if (--c->open_handles) return;
   mr_server *s = &mr_srv;
   if (c->prev) c->prev->next = c->next; else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -76,15 +78,13 @@ void conn_accept(mr_server *s) {
   mr_conn *c = calloc(1, sizeof *c);
   if (!c) return;
   uv_tcp_init(s->loop, &c->tcp);
-  uv_timer_init(s->loop, &c->timer);
-  c->tcp.data = c->timer.data = c;
-  c->open_handles = 2;
+  c->tcp.data = c;
   c->next = s->conns;
   if (s->conns) s->conns->prev = c;
   s->conns = c;
   s->nconns++;
   if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) < 0) {
-    conn_close(c, 0);
+    conn_close(c, CONN_CLOSE_GRACEFUL);
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
@@ -101,11 +101,11 @@ void conn_accept(mr_server *s) {
   if (s->nconns > s->cfg.max_connections) {
     log_error("%u connections: over --max-connections, answering 503", s->nconns);
     response_simple(c, 503, "Service Unavailable\n", 0);
-    conn_close(c, 0);
+    conn_close(c, CONN_CLOSE_GRACEFUL);
     return;
   }
   read_start(c);
-  arm(c, timer_cb, s->cfg.header_timeout_ms);
+  arm(c, s->cfg.header_timeout_ms);
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -127,7 +127,7 @@ static void write_cb(uv_write_t *req, int status) {
   c->writes--;
   if (c->flags & CONN_CLOSING) return;
   if (status < 0) {
-    conn_close(c, 1);
+    conn_close(c, CONN_CLOSE_RESET);
     return;
   }
   mr_request *r = c->req;
@@ -143,7 +143,7 @@ int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
     if (rc >= 0) {
       done = (size_t)rc;
     } else if (rc != UV_EAGAIN) {
-      conn_close(c, 1);
+      conn_close(c, CONN_CLOSE_RESET);
       return rc;
     }
   }
@@ -151,7 +151,7 @@ int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
   /* The socket is full: copy what is left, since the caller's buffers
    * (often Lua strings) may go away once we return. */
   write_req *w = malloc(sizeof *w + (total - done));
-  if (!w) { conn_close(c, 1); return UV_ENOMEM; }
+  if (!w) { conn_close(c, CONN_CLOSE_RESET); return UV_ENOMEM; }
   size_t off = 0, skip = done;
   for (unsigned i = 0; i < n; i++) {
     size_t l = bufs[i].len;
@@ -164,7 +164,7 @@ int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
   int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, write_cb);
   if (rc < 0) {
     free(w);
-    conn_close(c, 1);
+    conn_close(c, CONN_CLOSE_RESET);
     return rc;
   }
   c->writes++;
@@ -197,48 +197,47 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
   free(req);
   if (c->flags & CONN_CLOSING) return;
   if (status < 0 || (c->flags & CONN_READ_EOF)) {
-    conn_close(c, 1);
+    conn_close(c, CONN_CLOSE_RESET);
     return;
   }
   /* Keep reading (and discarding) for a moment so unread input does not turn
    * our close into a reset that destroys the response in flight. */
   read_start(c);
-  arm(c, timer_cb, LINGER_MS);
+  arm(c, LINGER_MS);
 }
 
-void conn_close(mr_conn *c, int abort) {
+void conn_close(mr_conn *c, int how) {
   if (c->flags & CONN_CLOSING) return;
   detach_request(c);
   parser_release(c);
   free(c->in);
   c->in = NULL;
   c->in_len = 0;
-  if (!abort && !(c->flags & (CONN_SHUTDOWN | CONN_READ_EOF)) && uv_is_writable((uv_stream_t *)&c->tcp)) {
+  if (how == CONN_CLOSE_GRACEFUL && !(c->flags & (CONN_SHUTDOWN | CONN_READ_EOF)) &&
+      uv_is_writable((uv_stream_t *)&c->tcp)) {
     uv_shutdown_t *req = malloc(sizeof *req);
     if (req && uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_cb) == 0) {
       c->flags |= CONN_SHUTDOWN;
-      uv_timer_stop(&c->timer);
+      disarm(c);
       return;
     }
     free(req);
   }
   c->flags |= CONN_CLOSING;
   read_stop(c);
-  if (abort && !(c->flags & CONN_SHUTDOWN))
+  if (how == CONN_CLOSE_RESET && !(c->flags & CONN_SHUTDOWN))
     uv_tcp_close_reset(&c->tcp, close_cb);
   else
     uv_close((uv_handle_t *)&c->tcp, close_cb);
-  uv_close((uv_handle_t *)&c->timer, close_cb);
 }
 
 /* ---- requests --------------------------------------------------------- */
 
 void conn_start_deadline(mr_conn *c) {
-  if (!uv_is_active((uv_handle_t *)&c->timer))
-    arm(c, timer_cb, mr_srv.cfg.request_timeout_ms);
+  if (!c->expire) arm(c, mr_srv.cfg.request_timeout_ms);
 }
 
-void conn_response_started(mr_conn *c) { uv_timer_stop(&c->timer); }
+void conn_response_started(mr_conn *c) { disarm(c); }
 
 /* The request's coroutine is done and its message fully read: log it, then
  * keep the connection for the next request or close it. */
@@ -250,10 +249,10 @@ static void finish_request(mr_conn *c) {
   detach_request(c);
   parser_release(c);
   if (!keep) {
-    conn_close(c, 0);
+    conn_close(c, CONN_CLOSE_GRACEFUL);
     return;
   }
-  arm(c, timer_cb, mr_srv.cfg.idle_timeout_ms);
+  arm(c, mr_srv.cfg.idle_timeout_ms);
   read_start(c);
   if (!(c->flags & CONN_PROCESSING) && c->in_len) {
     char *data = c->in;
@@ -263,13 +262,18 @@ static void finish_request(mr_conn *c) {
     conn_process(c, data, len);
     free(data);
   }
-  if ((c->flags & CONN_READ_EOF) && !c->req) conn_close(c, 0);
+  if ((c->flags & CONN_READ_EOF) && !c->req) conn_close(c, CONN_CLOSE_GRACEFUL);
 }
 
 void conn_request_ended(mr_conn *c) {
-  if (c->req && (c->req->flags & REQ_MSG_DONE)) finish_request(c);
-  /* else: the rest of the body is still arriving; it is read and dropped,
-   * and the message's end finishes the request. */
+  if (c->req && (c->req->flags & REQ_MSG_DONE)) {
+    finish_request(c);
+  } else {
+    /* The rest of the body is still arriving: it is read and dropped, the
+     * message's end finishes the request, and a client that stops sending
+     * it is closed after --header-timeout. */
+    arm(c, mr_srv.cfg.header_timeout_ms);
+  }
 }
 
 /* Bad input: answer `status` (unless the response already started, then
@@ -277,15 +281,21 @@ void conn_request_ended(mr_conn *c) {
 static void reject(mr_conn *c, int status) {
   mr_request *r = c->req;
   if (r && (r->flags & REQ_HEAD_SENT)) {
-    conn_close(c, 1);
+    conn_close(c, CONN_CLOSE_RESET);
     return;
   }
   if (r) {
     r->status = status;
     r->flags |= REQ_HEAD_SENT | REQ_RESP_DONE;
+  } else if (c->ps) {                /* refused before a request existed */
+    const char *method = llhttp_method_name(llhttp_get_method(&c->parser));
+    log_access(c, method, strlen(method), c->ps->bytes.data, c->ps->target_len, status, 0,
+               uv_hrtime(), 0);
   }
-  response_simple(c, status, response_reason(status), 0);
-  conn_close(c, 0);
+  char body[64];
+  snprintf(body, sizeof body, "%s\n", response_reason(status));
+  response_simple(c, status, body, 0);
+  conn_close(c, CONN_CLOSE_GRACEFUL);
 }
 
 /* Feeds `data` to the parser until it is used up or a request must finish
@@ -299,7 +309,7 @@ static void conn_process(mr_conn *c, char *data, size_t len) {
   while ((len > 0 || resumed) && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
     resumed = 0;
     if (c->req && (c->req->flags & REQ_MSG_DONE)) break;   /* pipelined: wait */
-    if (!c->ps && !c->req) arm(c, timer_cb, mr_srv.cfg.header_timeout_ms);
+    if (!c->ps && !c->req && len) arm(c, mr_srv.cfg.header_timeout_ms);   /* a new head */
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
     size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
     data += used;
@@ -310,7 +320,7 @@ static void conn_process(mr_conn *c, char *data, size_t len) {
       uint8_t ev = c->event;
       c->event = CONN_EV_NONE;
       if (ev == CONN_EV_HEADERS) {
-        uv_timer_stop(&c->timer);
+        disarm(c);
         request_start(c);
       } else if (ev == CONN_EV_MESSAGE && c->req) {
         request_body_notify(c->req);
@@ -331,7 +341,7 @@ static void conn_process(mr_conn *c, char *data, size_t len) {
   c->flags &= ~CONN_PROCESSING;
   if (len && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
     char *in = malloc(c->in_len + len);
-    if (!in) { conn_close(c, 1); return; }
+    if (!in) { conn_close(c, CONN_CLOSE_RESET); return; }
     memcpy(in + c->in_len, data, len);
     if (c->in_len) memcpy(in, c->in, c->in_len);
     free(c->in);
@@ -346,21 +356,21 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0) return;
   if (nread < 0) {
     if (nread != UV_EOF || (c->flags & CONN_SHUTDOWN)) {
-      conn_close(c, nread != UV_EOF);
+      conn_close(c, nread != UV_EOF ? CONN_CLOSE_RESET : CONN_CLOSE_GRACEFUL);
       return;
     }
     c->flags |= CONN_READ_EOF;
     read_stop(c);
     /* A request whose body can no longer arrive cannot be served; one whose
      * message is complete finishes, then the connection closes. */
-    if (!c->req || !(c->req->flags & REQ_MSG_DONE)) conn_close(c, 0);
+    if (!c->req || !(c->req->flags & REQ_MSG_DONE)) conn_close(c, CONN_CLOSE_GRACEFUL);
     return;
   }
   if (c->flags & CONN_SHUTDOWN) return;           /* lingering: drop input */
   if (c->in_len || (c->req && (c->req->flags & REQ_MSG_DONE))) {
     /* A response is pending: queue the bytes behind what is waiting. */
     char *in = realloc(c->in, c->in_len + (size_t)nread);
-    if (!in) { conn_close(c, 1); return; }
+    if (!in) { conn_close(c, CONN_CLOSE_RESET); return; }
     memcpy(in + c->in_len, buf->base, (size_t)nread);
     c->in = in;
     c->in_len += (size_t)nread;

@@ -1,4 +1,4 @@
-/* conn.h — a client connection: socket, timer, parser state and the one
+/* conn.h — a client connection: socket, expiry time, parser state and the one
  * request it is serving. Requests on a connection are served one at a time,
  * so pipelined responses leave in request order. */
 #ifndef MR_CONN_H
@@ -38,7 +38,6 @@ enum { CONN_EV_NONE, CONN_EV_HEADERS, CONN_EV_MESSAGE };
 
 typedef struct mr_conn {
   uv_tcp_t tcp;                 /* tcp.data = this */
-  uv_timer_t timer;             /* header / idle / request deadline / linger */
   llhttp_t parser;
   struct mr_conn *prev, *next;
   mr_parse *ps;                 /* head being parsed or served, NULL when idle */
@@ -47,9 +46,9 @@ typedef struct mr_conn {
   size_t in_len;
   unsigned flags;
   uint8_t event;                /* set by a parser callback that paused */
-  uint8_t open_handles;         /* freed when both handles are closed */
   uint16_t error_status;        /* status a parser callback chose for bad input */
   unsigned writes;              /* uv_write requests in flight */
+  uint64_t expire;              /* loop time (ms) of the next timeout, 0 = none */
   char remote[46];
 } mr_conn;
 
@@ -58,13 +57,19 @@ void conn_accept(mr_server *s);
  * The buffers may be reused as soon as this returns. Returns 0 or a uv error. */
 int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n);
 size_t conn_queued(const mr_conn *c);
-/* Close after what is queued is written, or at once with a reset (abort). */
-void conn_close(mr_conn *c, int abort);
+enum {
+  CONN_CLOSE_GRACEFUL,          /* after what is queued is written; then drain input a moment */
+  CONN_CLOSE_RESET,             /* at once, with a reset: the client sees a cut response */
+  CONN_CLOSE_NOW,               /* at once, plain close (idle connections) */
+};
+void conn_close(mr_conn *c, int how);
 /* A request ended (its coroutine finished or was cancelled). */
 void conn_request_ended(mr_conn *c);
 /* The response head went out: the request deadline no longer applies. */
 void conn_response_started(mr_conn *c);
 void conn_start_deadline(mr_conn *c);
+/* Called by the server's sweep once c->expire has passed. */
+void conn_timeout(mr_conn *c);
 
 /* parser.c */
 void parser_init(mr_conn *c);

@@ -38,8 +38,9 @@ void log_access(const mr_conn *c, const char *method, size_t mlen,
   char when[32];
   iso_time(when);
   double ms = (double)(uv_hrtime() - start_ns) / 1e6;
-  fprintf(access_file, "%s %s \"%.*s %.*s HTTP/1.%d\" %d %llu %.3fms id=%llu\n", when, c->remote,
-          (int)mlen, method, (int)tlen, target, llhttp_get_http_minor((llhttp_t *)&c->parser), status, (unsigned long long)bytes, ms,
+  fprintf(access_file, "%s %s \"%.*s %.*s HTTP/%d.%d\" %d %llu %.3fms id=%llu\n", when, c->remote,
+          (int)mlen, method, (int)tlen, target, llhttp_get_http_major((llhttp_t *)&c->parser),
+          llhttp_get_http_minor((llhttp_t *)&c->parser), status, (unsigned long long)bytes, ms,
           (unsigned long long)id);
   access_dirty = 1;
 }

@@ -1,7 +1,7 @@
 /* main.c — the command line: parses options into the config (every limit has
  * its default here), finds the Lua library, loads the app, binds, runs the
  * loop until a drain finishes, and frees what is left. */
-#include "conn.h"
+#include "request.h"
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -233,6 +233,7 @@ int main(int argc, char **argv) {
     free(ps);
   }
   free(mr_srv.readbuf);
+  request_free_slots();
   log_flush();
   return 0;
 }

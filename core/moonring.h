@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <uv.h>
 #include <lua.h>
 
@@ -47,8 +48,11 @@ typedef struct mr_server {
   int serve_ref;                /* registry: the Lua function a request coroutine runs */
   int app_ref;                  /* registry: the app's handler (the router) */
   int request_mt_ref;           /* registry: metatable of request handles */
+  int strings_ref;              /* registry: interned hot-path strings (strings.c) */
+  int anchors_ref;              /* registry: slots anchoring live requests */
   uv_signal_t sig_term, sig_int;
   uv_timer_t grace_timer;
+  uv_timer_t sweep;             /* checks connection expiry times */
   uv_check_t log_flush;
 } mr_server;
 
@@ -61,8 +65,15 @@ typedef struct mr_buf {
   size_t len, cap;
 } mr_buf;
 
-void mr_buf_reserve(mr_buf *b, size_t extra);
-void mr_buf_append(mr_buf *b, const void *p, size_t n);
+void mr_buf_grow(mr_buf *b, size_t extra);
+static inline void mr_buf_reserve(mr_buf *b, size_t extra) {
+  if (b->len + extra > b->cap) mr_buf_grow(b, extra);
+}
+static inline void mr_buf_append(mr_buf *b, const void *p, size_t n) {
+  mr_buf_reserve(b, n);
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+}
 void mr_buf_free(mr_buf *b);
 #define mr_buf_lit(b, s) mr_buf_append((b), (s), sizeof(s) - 1)
 

@@ -82,6 +82,23 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n) {
   return 0;
 }
 
+/* llhttp 8 lets "Host : x" through; RFC 9112 5.1 says reject it (a
+ * smuggling vector), so every field name must be a token. */
+static int on_header_field_complete(llhttp_t *p) {
+  mr_conn *c = p->data;
+  mr_parse *ps = c->ps;
+  const unsigned char *n = (const unsigned char *)ps->bytes.data + ps->hdr[ps->nhdr].name_off;
+  uint32_t len = ps->hdr[ps->nhdr].name_len;
+  static const char extra[] = "!#$%&'*+-.^_`|~";
+  for (uint32_t i = 0; i < len; i++) {
+    unsigned ch = n[i];
+    if (!((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') && !(ch >= '0' && ch <= '9') &&
+        !(ch && strchr(extra, (int)ch)))
+      return fail(c, 400);
+  }
+  return len ? 0 : fail(c, 400);
+}
+
 static int on_header_value_complete(llhttp_t *p) {
   mr_conn *c = p->data;
   mr_parse *ps = c->ps;
@@ -120,9 +137,20 @@ static int check_transfer_encoding(mr_conn *c) {
   return 0;
 }
 
+/* HTTP/1.1 requires exactly one Host header (RFC 9112 3.2). */
+static int check_host(mr_conn *c, llhttp_t *p) {
+  mr_parse *ps = c->ps;
+  unsigned hosts = 0;
+  for (unsigned i = 0; i < ps->nhdr; i++)
+    if (ps->hdr[i].name_len == 4 && strncasecmp(ps->bytes.data + ps->hdr[i].name_off, "host", 4) == 0)
+      hosts++;
+  return hosts > 1 || (hosts == 0 && p->http_minor >= 1) ? 400 : 0;
+}
+
 static int on_headers_complete(llhttp_t *p) {
   mr_conn *c = p->data;
-  int status = check_transfer_encoding(c);
+  int status = p->http_major != 1 ? 505 : check_host(c, p);
+  if (!status) status = check_transfer_encoding(c);
   if (status) {
     c->error_status = (uint16_t)status;
     return -1;
@@ -159,6 +187,7 @@ void parser_init(mr_conn *c) {
     settings.on_url = on_url;
     settings.on_header_field = on_header_field;
     settings.on_header_value = on_header_value;
+    settings.on_header_field_complete = on_header_field_complete;
     settings.on_header_value_complete = on_header_value_complete;
     settings.on_headers_complete = on_headers_complete;
     settings.on_body = on_body;

@@ -5,39 +5,50 @@
 #include "runner.h"
 #include <lauxlib.h>
 #include <string.h>
+#include <stdlib.h>
 #include <strings.h>
 
 #define REQUEST_MT "moonring.request"
 
-static void push_target(lua_State *L, mr_conn *c, const char *t, size_t n) {
+/* Field stores below are "push key (from the interned strings at S), push
+ * value, lua_rawset(t)". */
+
+/* Stores uri and query_string; for an absolute-form target, sets *authority
+ * (RFC 9112 3.2.2: it, not the Host header, names the server). */
+static void push_target(lua_State *L, int t, int S, mr_conn *c, const char *target, size_t n,
+                        const char **authority, size_t *alen) {
   /* origin form "/p?q"; absolute form "http://host/p?q" (uri is its path);
    * authority form "host:port" (CONNECT) and asterisk form "*" kept as sent. */
-  const char *path = t, *end = t + n;
-  if (n && t[0] != '/' && t[0] != '*' && llhttp_get_method(&c->parser) != HTTP_CONNECT) {
-    const char *scheme = memchr(t, ':', n);
+  const char *path = target, *end = target + n;
+  if (n && target[0] != '/' && target[0] != '*' && llhttp_get_method(&c->parser) != HTTP_CONNECT) {
+    const char *scheme = memchr(target, ':', n);
     if (scheme && end - scheme >= 3 && scheme[1] == '/' && scheme[2] == '/') {
       path = memchr(scheme + 3, '/', (size_t)(end - scheme - 3));
       if (!path) {
         const char *q = memchr(scheme + 3, '?', (size_t)(end - scheme - 3));
         path = q ? q : end;
       }
+      *authority = scheme + 3;
+      *alen = (size_t)(path - *authority);
     }
   }
   const char *q = memchr(path, '?', (size_t)(end - path));
   const char *uend = q ? q : end;
-  if (uend == path || *path == '?') lua_pushliteral(L, "/");
-  else if (path != t && *path != '/') lua_pushliteral(L, "/");
+  lua_rawgeti(L, S, S_URI);
+  if (uend == path || (path != target && *path != '/')) lua_rawgeti(L, S, S_SLASH);
   else lua_pushlstring(L, path, (size_t)(uend - path));
-  lua_setfield(L, -2, "uri");
+  lua_rawset(L, t);
   if (q) {
+    lua_rawgeti(L, S, S_QUERY_STRING);
     lua_pushlstring(L, q + 1, (size_t)(end - q - 1));
-    lua_setfield(L, -2, "query_string");
+    lua_rawset(L, t);
   }
 }
 
 /* headers: lower-case names; repeats joined with ", " (cookie: "; "). */
-static void push_headers(lua_State *L, mr_parse *ps, const char **host, size_t *hostlen) {
+static void push_headers(lua_State *L, int S, mr_parse *ps, const char **host, size_t *hostlen) {
   lua_createtable(L, 0, (int)ps->nhdr);
+  int h_idx = lua_gettop(L);
   for (unsigned i = 0; i < ps->nhdr; i++) {
     mr_hpair *h = &ps->hdr[i];
     char *name = ps->bytes.data + h->name_off;
@@ -46,22 +57,21 @@ static void push_headers(lua_State *L, mr_parse *ps, const char **host, size_t *
     const char *value = ps->bytes.data + h->value_off;
     lua_pushlstring(L, name, h->name_len);
     lua_pushvalue(L, -1);
-    if (lua_rawget(L, -3) == LUA_TNIL) {
+    if (lua_rawget(L, h_idx) == LUA_TNIL) {
       lua_pop(L, 1);
       lua_pushlstring(L, value, h->value_len);
     } else {
       int cookie = h->name_len == 6 && memcmp(name, "cookie", 6) == 0;
-      lua_pushstring(L, cookie ? "; " : ", ");
+      lua_rawgeti(L, S, cookie ? S_SEMICOLON : S_COMMA);
       lua_pushlstring(L, value, h->value_len);
       lua_concat(L, 3);
     }
-    lua_rawset(L, -3);
+    lua_rawset(L, h_idx);
     if (h->name_len == 4 && memcmp(name, "host", 4) == 0) {
       *host = value;
       *hostlen = h->value_len;
     }
   }
-  lua_setfield(L, -2, "headers");
 }
 
 static void push_server_name(lua_State *L, const char *host, size_t n) {
@@ -90,6 +100,52 @@ static int has_expect_continue(mr_parse *ps) {
   return 0;
 }
 
+/* Live requests are anchored in slots of one registry table; the free slots
+ * are kept here (luaL_ref does the same bookkeeping through the table). */
+static int *free_slots;
+static int nfree, slots_cap, slots_used;
+
+static int anchor(lua_State *L) {               /* anchors the value on top, pops it */
+  int slot;
+  if (nfree) {
+    slot = free_slots[--nfree];
+  } else {
+    slot = ++slots_used;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, mr_srv.anchors_ref);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, slot);
+  lua_pop(L, 1);
+  return slot;
+}
+
+static void unanchor(lua_State *L, int slot) {
+  if (nfree == slots_cap) {
+    int cap = slots_cap ? slots_cap * 2 : 64;
+    int *p = realloc(free_slots, sizeof *p * (size_t)cap);
+    if (!p) return;                              /* the slot is lost, not the memory */
+    free_slots = p;
+    slots_cap = cap;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, mr_srv.anchors_ref);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, slot);
+  lua_pop(L, 1);
+  free_slots[nfree++] = slot;
+}
+
+void request_free_slots(void) {
+  free(free_slots);
+  free_slots = NULL;
+  nfree = slots_cap = slots_used = 0;
+}
+
+void request_push(lua_State *L, mr_request *r) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, mr_srv.anchors_ref);
+  lua_rawgeti(L, -1, r->ref);
+  lua_remove(L, -2);
+}
+
 void request_start(mr_conn *c) {
   mr_server *s = &mr_srv;
   lua_State *L = s->L;
@@ -104,13 +160,15 @@ void request_start(mr_conn *c) {
   r->conn = c;
   r->id = ++s->next_request_id;
   r->start_ns = uv_hrtime();
-  r->status = 0;
   c->req = r;
 
   int minor = llhttp_get_http_minor(p);
-  if (llhttp_should_keep_alive(p)) r->flags |= REQ_KEEP_ALIVE;
+  int method = llhttp_get_method(p);
+  /* CONNECT and Upgrade are not served as tunnels: answer, then close. */
+  int upgrade = method == HTTP_CONNECT || ((p->flags & F_UPGRADE) && (p->flags & F_CONNECTION_UPGRADE));
+  if (llhttp_should_keep_alive(p) && !upgrade) r->flags |= REQ_KEEP_ALIVE;
   if (minor == 0) r->flags |= REQ_HTTP10;
-  if (llhttp_get_method(p) == HTTP_HEAD) r->flags |= REQ_IS_HEAD;
+  if (method == HTTP_HEAD) r->flags |= REQ_IS_HEAD;
   int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
   if (has_body) {
     r->flags |= REQ_HAS_BODY;
@@ -124,48 +182,65 @@ void request_start(mr_conn *c) {
 
   lua_rawgeti(co, LUA_REGISTRYINDEX, s->serve_ref);
   lua_rawgeti(co, LUA_REGISTRYINDEX, s->app_ref);
+  int S = strings_push(co);
 
   lua_createtable(co, 0, 16);
-  const char *method = llhttp_method_name(llhttp_get_method(p));
-  lua_pushstring(co, method);
-  lua_setfield(co, -2, "request_method");
-  push_target(co, c, ps->bytes.data, ps->target_len);
-  const char *host = NULL;
-  size_t hostlen = 0;
-  push_headers(co, ps, &host, &hostlen);
+  int t = S + 1;
+  lua_rawgeti(co, S, S_REQUEST_METHOD);
+  if (method < S_METHODS_MAX) lua_rawgeti(co, S, S__COUNT + method);
+  else lua_pushstring(co, llhttp_method_name((llhttp_method_t)method));
+  lua_rawset(co, t);
+  const char *host = NULL, *authority = NULL;
+  size_t hostlen = 0, alen = 0;
+  push_target(co, t, S, c, ps->bytes.data, ps->target_len, &authority, &alen);
+  lua_rawgeti(co, S, S_HEADERS);
+  push_headers(co, S, ps, &host, &hostlen);
+  lua_rawset(co, t);
+  if (authority) {
+    host = authority;
+    hostlen = alen;
+  }
   if (has_body) {
+    lua_rawgeti(co, S, S_BODY);
     lua_pushvalue(L, -1);
     lua_xmove(L, co, 1);
-    lua_setfield(co, -2, "body");
+    lua_rawset(co, t);
   }
-  lua_pushliteral(co, "http");
-  lua_setfield(co, -2, "scheme");
-  if (minor == 0) lua_pushliteral(co, "HTTP/1.0");
-  else lua_pushliteral(co, "HTTP/1.1");
-  lua_setfield(co, -2, "protocol");
+  lua_rawgeti(co, S, S_SCHEME);
+  lua_rawgeti(co, S, S_HTTP);
+  lua_rawset(co, t);
+  lua_rawgeti(co, S, S_PROTOCOL);
+  lua_rawgeti(co, S, minor == 0 ? S_HTTP10 : S_HTTP11);
+  lua_rawset(co, t);
+  lua_rawgeti(co, S, S_REMOTE_ADDR);
   lua_pushstring(co, c->remote);
-  lua_setfield(co, -2, "remote_addr");
+  lua_rawset(co, t);
+  lua_rawgeti(co, S, S_SERVER_NAME);
   push_server_name(co, host, hostlen);
-  lua_setfield(co, -2, "server_name");
+  lua_rawset(co, t);
+  lua_rawgeti(co, S, S_SERVER_PORT);
   lua_pushinteger(co, s->port);
-  lua_setfield(co, -2, "server_port");
-  lua_newtable(co);
-  lua_setfield(co, -2, "params");
+  lua_rawset(co, t);
+  lua_rawgeti(co, S, S_PARAMS);
+  lua_createtable(co, 0, 0);
+  lua_rawset(co, t);
+  lua_rawgeti(co, S, S_ID);
   lua_pushinteger(co, (lua_Integer)r->id);
-  lua_setfield(co, -2, "id");
+  lua_rawset(co, t);
+  lua_remove(co, S);                         /* serve, app, req */
 
   lua_pushvalue(co, -1);
   lua_xmove(co, L, 1);
   lua_setiuservalue(L, -2, 2);               /* kept for error reports */
   lua_pushvalue(L, -1);
   lua_xmove(L, co, 1);                       /* serve(app, req, handle) */
-  r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  r->ref = anchor(L);
   runner_resume(r, 3);
 }
 
 void request_release(mr_request *r) {
   if (r->conn || !(r->flags & REQ_ENDED) || r->ref == LUA_NOREF) return;
-  luaL_unref(mr_srv.L, LUA_REGISTRYINDEX, r->ref);
+  unanchor(mr_srv.L, r->ref);
   r->ref = LUA_NOREF;
 }
 
@@ -263,4 +338,7 @@ void request_open(lua_State *L) {
   luaL_newlib(L, body_methods);
   lua_setfield(L, -2, "__index");
   mr_srv.request_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  mr_srv.anchors_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  strings_init(L);
 }

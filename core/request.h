@@ -43,6 +43,20 @@ typedef struct mr_request {
   size_t body_total;
 } mr_request;
 
+/* strings.c: interned strings, pushed with lua_rawgeti(L, strings_idx, S_X). */
+enum {
+  S_REQUEST_METHOD = 1, S_URI, S_QUERY_STRING, S_HEADERS, S_BODY, S_SCHEME, S_PROTOCOL,
+  S_REMOTE_ADDR, S_SERVER_NAME, S_SERVER_PORT, S_PARAMS, S_ID, S_ROUTE, S_STATUS, S_HTTP,
+  S_HTTP10, S_HTTP11, S_SLASH, S_COMMA, S_SEMICOLON,
+  S__COUNT                      /* method names follow: S__COUNT + llhttp method */
+};
+#define S_METHODS_MAX 64
+void strings_init(lua_State *L);
+static inline int strings_push(lua_State *L) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, mr_srv.strings_ref);
+  return lua_gettop(L);
+}
+
 /* Builds the Lua request from c->ps and starts its coroutine. */
 void request_start(mr_conn *c);
 /* The parser delivered body bytes, or the end of the body. */
@@ -53,6 +67,9 @@ void request_body_notify(mr_request *r);
  * done with the request; Lua's GC frees it after that. */
 void request_release(mr_request *r);
 mr_request *request_check(lua_State *L, int idx);
+/* Pushes the request's handle (it must still be anchored). */
+void request_push(lua_State *L, mr_request *r);
+void request_free_slots(void);
 void request_open(lua_State *L);         /* creates the request-handle metatable */
 
 /* response.c */

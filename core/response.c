@@ -198,9 +198,14 @@ static int response_send(lua_State *L) {
     return bad_response(L, "the handler returned %s, expected a response table",
                       luaL_typename(L, 2));
   lua_settop(L, 2);
-  lua_getfield(L, 2, "status");             /* 3 */
-  lua_getfield(L, 2, "headers");            /* 4 */
-  lua_getfield(L, 2, "body");               /* 5 */
+  int S = strings_push(L);
+  lua_rawgeti(L, S, S_STATUS);
+  lua_gettable(L, 2);
+  lua_rawgeti(L, S, S_HEADERS);
+  lua_gettable(L, 2);
+  lua_rawgeti(L, S, S_BODY);
+  lua_gettable(L, 2);
+  lua_remove(L, S);                         /* 3 status, 4 headers, 5 body */
 
   int status = 200;
   if (!lua_isnil(L, 3)) {

@@ -86,7 +86,7 @@ void runner_cancel(mr_request *r) {
 }
 
 static void push_route(lua_State *L, mr_request *r) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+  request_push(L, r);
   lua_getiuservalue(L, -1, 2);
   lua_getfield(L, -1, "route");
   lua_replace(L, -3);
@@ -118,7 +118,7 @@ static void failed(mr_request *r, lua_State *co) {
     response_simple(c, 500, mr_srv.cfg.dev ? trace : "Internal Server Error\n", r->flags);
   } else if (c) {
     r->flags &= ~REQ_KEEP_ALIVE;
-    conn_close(c, 1);                        /* detaches r */
+    conn_close(c, CONN_CLOSE_RESET);                        /* detaches r */
   }
   lua_pop(L, 2);
 }

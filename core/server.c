@@ -20,19 +20,42 @@ static void on_connection(uv_stream_t *listener, int status) {
 
 static void flush_cb(uv_check_t *h) { log_flush(); }
 
+/* One timer checks every connection's expiry: cheaper than a timer handle
+ * per connection (memory for idle ones, heap updates on every request). */
+static void sweep_cb(uv_timer_t *t) {
+  mr_server *s = t->data;
+  uint64_t now = uv_now(s->loop);
+  mr_conn *next;
+  for (mr_conn *c = s->conns; c; c = next) {
+    next = c->next;
+    if (c->expire && now >= c->expire && !(c->flags & CONN_CLOSING)) conn_timeout(c);
+  }
+}
+
+/* The sweep's period: a quarter of the shortest timeout, within 10-250 ms,
+ * so a timeout fires at most that late. */
+static uint64_t sweep_period(const mr_config *cfg) {
+  uint64_t shortest = cfg->header_timeout_ms;
+  if (cfg->idle_timeout_ms < shortest) shortest = cfg->idle_timeout_ms;
+  if (cfg->request_timeout_ms < shortest) shortest = cfg->request_timeout_ms;
+  uint64_t p = shortest / 4;
+  return p < 10 ? 10 : p > 250 ? 250 : p;
+}
+
 /* Everything has closed: release the loop's remaining handles so uv_run returns. */
 static void server_finish(mr_server *s) {
   uv_close((uv_handle_t *)&s->sig_term, close_cb_noop);
   uv_close((uv_handle_t *)&s->sig_int, close_cb_noop);
   uv_close((uv_handle_t *)&s->grace_timer, close_cb_noop);
   uv_close((uv_handle_t *)&s->log_flush, close_cb_noop);
+  uv_close((uv_handle_t *)&s->sweep, close_cb_noop);
 }
 
 static void grace_cb(uv_timer_t *t) {
   mr_server *s = t->data;
   log_error("grace period over: aborting %u connection(s)", s->nconns);
   for (mr_conn *c = s->conns; c; c = c->next)
-    if (!(c->flags & CONN_CLOSING)) conn_close(c, 1);
+    if (!(c->flags & CONN_CLOSING)) conn_close(c, CONN_CLOSE_RESET);
 }
 
 void server_drain(mr_server *s) {
@@ -43,7 +66,7 @@ void server_drain(mr_server *s) {
   mr_conn *next;
   for (mr_conn *c = s->conns; c; c = next) {
     next = c->next;
-    if (!c->req && !c->ps && !(c->flags & CONN_CLOSING)) conn_close(c, 0);
+    if (!c->req && !c->ps && !(c->flags & CONN_CLOSING)) conn_close(c, CONN_CLOSE_NOW);
   }
   if (s->nconns == 0) {
     server_finish(s);
@@ -91,6 +114,11 @@ int server_start(mr_server *s) {
   uv_signal_start(&s->sig_int, signal_cb, SIGINT);
   uv_timer_init(s->loop, &s->grace_timer);
   s->grace_timer.data = s;
+  uv_timer_init(s->loop, &s->sweep);
+  s->sweep.data = s;
+  uint64_t period = sweep_period(&s->cfg);
+  uv_timer_start(&s->sweep, sweep_cb, period, period);
+  uv_unref((uv_handle_t *)&s->sweep);
   uv_check_init(s->loop, &s->log_flush);
   uv_check_start(&s->log_flush, flush_cb);
   uv_unref((uv_handle_t *)&s->log_flush);

@@ -93,7 +93,7 @@ local live_servers = {}
 -- instance is collected: kill anything still running, drop the temp files.
 local sentinel = setmetatable({}, {
   __gc = function()
-    for _, s in pairs(live_servers) do
+    for s in pairs(live_servers) do
       if not s:exit_status() then
         os.execute("kill -KILL " .. s.pid .. " 2>/dev/null")
       end
@@ -329,6 +329,7 @@ function helper.with_server(opts, fn)
     error(server, 0)
   end
   local res = table.pack(pcall(fn, server))
+  helper.close_connections()
   local ok_stop, stop_err = pcall(server.stop, server)
   if app_dir then helper.remove(app_dir) end
   if not res[1] then error(res[2], 0) end
@@ -626,11 +627,23 @@ end
 local Conn = {}
 Conn.__index = Conn
 
+-- Connections opened by helper.connect and not closed yet: with_server
+-- closes them before stopping its server, as a client would, so the server
+-- does not linger on them.
+local open_conns = setmetatable({}, { __mode = "k" })
+
+local function close_open_conns()
+  for conn in pairs(open_conns) do conn:close() end
+end
+helper.close_connections = close_open_conns
+
 -- A raw connection kept open across requests (keep-alive, 100-continue).
 function helper.connect(port, opts)
   opts = opts or {}
   local c = assert(connect(port, opts))
-  return setmetatable({ sock = c, timeout = opts.timeout or 5 * helper.slow }, Conn)
+  local conn = setmetatable({ sock = c, timeout = opts.timeout or 5 * helper.slow }, Conn)
+  open_conns[conn] = true
+  return conn
 end
 
 function Conn:send(bytes)
@@ -663,6 +676,7 @@ function Conn:wait_closed(timeout)
 end
 
 function Conn:close()
+  open_conns[self] = nil
   self.sock:close()
 end
 

@@ -9,12 +9,20 @@ local APP = {
 local moonring = require "moonring"
 return function(req)
   local text = req.request_method .. " " .. req.uri
-  if req.body then text = text .. " body=" .. req.body:read("a") end
+  if req.body and (req.query_string or ""):find("partial", 1, true) then
+    text = text .. " first=" .. #req.body:read()
+  elseif req.body and not (req.query_string or ""):find("ignore", 1, true) then
+    text = text .. " body=" .. req.body:read("a")
+  end
   local q = req.query_string or ""
   local s = tonumber(q:match("sleep=([%d.]+)"))
   if s then moonring.sleep(s) end
   local headers = { ["content-type"] = "text/plain" }
   if q:find("close", 1, true) then headers.connection = "close" end
+  if q:find("fixed", 1, true) then text = "fixed body" end
+  if q:find("ignore", 1, true) then
+    return { status = 200, headers = headers, body = "ignored " .. req.uri .. "\n" }
+  end
   if q:find("stream", 1, true) then
     local parts = { "str", "eam", "ed" }
     local i = 0
@@ -82,6 +90,70 @@ describe("HTTP/1.1 connections", function()
     end)
   end)
 
+  it("skips a body the handler did not read before parsing the next pipelined request", function()
+    with_app(function(server)
+      local smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+      local bytes = "POST /a?ignore HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #smuggled .. "\r\n\r\n" .. smuggled
+        .. "POST /b?ignore HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .. helper.chunked { smuggled }
+        .. "POST /c?partial HTTP/1.1\r\nHost: x\r\nContent-Length: " .. (#smuggled + 4) .. "\r\n\r\n"
+        .. "abcd" .. smuggled
+        .. "GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+      local text, info = helper.raw(server.port, bytes)
+      assert.is_true(info.closed)
+      local list, err = helper.parse(text)
+      assert.is_nil(err, err)
+      assert.are.equal(4, #list, text)
+      assert.are.equal("ignored /a\n", list[1].body)
+      assert.are.equal("ignored /b\n", list[2].body)
+      assert.matches("^POST /c first=%d+\n$", list[3].body)
+      assert.are.equal("GET /next\n", list[4].body)
+      assert.is_nil(text:find("smuggled", 1, true))
+    end)
+  end)
+
+  it("answers 50 pipelined requests in order", function()
+    with_app(function(server)
+      local reqs = {}
+      for i = 1, 50 do
+        reqs[i] = "GET /r" .. i .. " HTTP/1.1\r\nHost: x\r\n" .. (i == 50 and "Connection: close\r\n" or "") .. "\r\n"
+      end
+      local text, info = helper.raw(server.port, table.concat(reqs))
+      assert.is_true(info.closed)
+      local list, err = helper.parse(text)
+      assert.is_nil(err, err)
+      assert.are.equal(50, #list)
+      for i = 1, 50 do assert.are.equal("GET /r" .. i .. "\n", list[i].body) end
+    end)
+  end)
+
+  it("serves 100 requests one after another on one connection", function()
+    with_app(function(server)
+      local c = helper.connect(server.port)
+      for i = 1, 100 do
+        c:send("GET /n" .. i .. " HTTP/1.1\r\nHost: x\r\n\r\n")
+        local res = c:response()
+        assert.are.equal("GET /n" .. i .. "\n", res.body)
+      end
+      c:close()
+    end)
+  end)
+
+  it("answers OPTIONS * and an authority-form CONNECT with a status, then keeps serving", function()
+    with_app(function(server)
+      for _, bytes in ipairs {
+        "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+      } do
+        local text, info = helper.raw(server.port, bytes, { timeout = 3 * helper.slow })
+        assert.is_true(info.closed, bytes)
+        local res = helper.parse_response(text)
+        assert.is_true(res.status >= 200 and res.status < 600, bytes)
+        helper.assert_serves(server.port, "/")
+      end
+    end)
+  end)
+
   it("answers pipelined HEAD and GET with a body only for the GET", function()
     with_app(function(server)
       local bytes = "HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -137,9 +209,10 @@ end)
 describe("HEAD", function()
   it("answers with the headers of the GET, content-length included, and no body", function()
     with_app(function(server)
-      local get = helper.get(server.port, "/same")
+      local get = helper.get(server.port, "/same?fixed")
+      assert.are.equal("fixed body\n", get.body)
       local text, info = helper.raw(server.port,
-        "HEAD /same HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        "HEAD /same?fixed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
       assert.is_true(info.closed)
       local head_end = text:find("\r\n\r\n", 1, true)
       assert.is_truthy(head_end, "no end of head in " .. text)
@@ -215,6 +288,35 @@ describe("Expect: 100-continue", function()
       local res = c:response()
       assert.are.equal(200, res.status)
       assert.are.equal("POST /up body=hello\n", res.body)
+    end)
+  end)
+
+  it("answers once, in order, when the client sends the body without waiting for 100", function()
+    with_app(function(server)
+      local text, info = helper.raw(server.port, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        .. "Expect: 100-continue\r\nConnection: close\r\n\r\nhello")
+      assert.is_true(info.closed)
+      local list, err = helper.parse(text)
+      assert.is_nil(err, err)
+      local final = list[#list]
+      assert.are.equal(200, final.status)
+      assert.are.equal("POST /up body=hello\n", final.body)
+      for i = 1, #list - 1 do assert.are.equal(100, list[i].status) end
+      assert.is_true(#list <= 2, text)
+    end)
+  end)
+
+  it("still answers when the handler never reads the announced body", function()
+    with_app(function(server)
+      local c = helper.connect(server.port)
+      c:send("POST /up?ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+      local res = c:response()
+      if res.status == 100 then
+        c:send("hello")
+        res = c:response()
+      end
+      assert.are.equal(200, res.status)
+      assert.are.equal("ignored /up\n", res.body)
     end)
   end)
 end)

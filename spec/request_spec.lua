@@ -171,6 +171,21 @@ describe("request table", function()
     end)
   end)
 
+  it("accepts chunk extensions and trailers in a chunked body", function()
+    with_app(function(server)
+      local head = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+      local body = "5;name=value\r\nhello\r\n1\r\n!\r\n0\r\nX-Trailer: t\r\n\r\n"
+      local text, info = helper.raw(server.port, head .. body
+        .. "GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      assert.is_true(info.closed)
+      local list, err = helper.parse(text)
+      assert.is_nil(err, err)
+      assert.are.equal(2, #list)
+      assert.are.equal("hello!", helper.undump(list[1].body).body_text)
+      assert.are.equal("/after", helper.undump(list[2].body).uri)
+    end)
+  end)
+
   it("delivers a 300 KB body intact", function()
     with_app(function(server)
       local parts = {}

@@ -44,6 +44,14 @@ end]],
   ["lying.lua"] = [[return function(req)
   return { status = 200, headers = { ["content-length"] = "999", ["transfer-encoding"] = "gzip" }, body = "abc" }
 end]],
+  ["bigiter.lua"] = [[return function(req)
+  local i = 0
+  return { status = 200, body = function()
+    i = i + 1
+    if i > 256 then return nil end
+    return string.format("%08d", i) .. string.rep("x", 16376)
+  end }
+end]],
   ["big.lua"] = [[return function(req)
   local parts = {}
   for i = 1, 64 do parts[i] = string.rep(string.char(64 + i % 26), 4096) end
@@ -83,6 +91,22 @@ describe("response", function()
       for i = 1, 64 do parts[i] = string.rep(string.char(64 + i % 26), 4096) end
       assert.are.equal(200, res.status)
       assert.are.equal(table.concat(parts), res.body)
+    end)
+  end)
+
+  it("sends a 4 MiB iterator body intact to a client that reads slowly", function()
+    with_app(function(server)
+      local c = helper.connect(server.port)
+      c:send("GET /bigiter HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      helper.sleep(0.3) -- let the server fill the socket buffers first
+      local res = c:response({ timeout = 10 * helper.slow })
+      assert.are.equal(200, res.status)
+      assert.are.equal(256 * 16384, #res.body)
+      for i = 1, 256, 51 do
+        local at = (i - 1) * 16384 + 1
+        assert.are.equal(string.format("%08d", i), res.body:sub(at, at + 7))
+      end
+      c:close()
     end)
   end)
 

@@ -1,0 +1,30 @@
+/* strings.c — the strings the request path pushes on every request (table
+ * keys, method names, protocol names), interned once at startup into one
+ * registry table. Pushing one is an array read; lua_setfield with a literal
+ * would hash-and-compare it each time. */
+#include "request.h"
+
+static const char *const names[S__COUNT] = {
+  [S_REQUEST_METHOD] = "request_method", [S_URI] = "uri", [S_QUERY_STRING] = "query_string",
+  [S_HEADERS] = "headers", [S_BODY] = "body", [S_SCHEME] = "scheme", [S_PROTOCOL] = "protocol",
+  [S_REMOTE_ADDR] = "remote_addr", [S_SERVER_NAME] = "server_name",
+  [S_SERVER_PORT] = "server_port", [S_PARAMS] = "params", [S_ID] = "id", [S_ROUTE] = "route",
+  [S_STATUS] = "status", [S_HTTP] = "http", [S_HTTP10] = "HTTP/1.0", [S_HTTP11] = "HTTP/1.1",
+  [S_SLASH] = "/", [S_COMMA] = ", ", [S_SEMICOLON] = "; ",
+};
+
+void strings_init(lua_State *L) {
+  lua_createtable(L, S__COUNT + S_METHODS_MAX, 0);
+  for (int i = 1; i < S__COUNT; i++) {
+    lua_pushstring(L, names[i]);
+    lua_rawseti(L, -2, i);
+  }
+#define METHOD(num, name, string)                     \
+  if (num < S_METHODS_MAX) {                          \
+    lua_pushliteral(L, #string);                      \
+    lua_rawseti(L, -2, S__COUNT + num);               \
+  }
+  HTTP_ALL_METHOD_MAP(METHOD)
+#undef METHOD
+  mr_srv.strings_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
