@@ -7,6 +7,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* listdir(path) → { {name=, type="file"|"directory"|"other"}, ... } or nil, err */
@@ -77,6 +78,13 @@ static int luaopen_moonring_core(lua_State *L) {
   return 1;
 }
 
+/* An error outside any protected call: nothing sane is left to do. */
+static int panic(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  log_error("unprotected Lua error: %s", msg ? msg : "(not a string)");
+  abort();
+}
+
 /* Runs protected: (lua_dir) → registry refs for serve and the app. */
 static int load_all(lua_State *L) {
   const char *lua_dir = lua_tostring(L, 1);
@@ -110,12 +118,13 @@ static int load_all(lua_State *L) {
 }
 
 int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen) {
-  lua_State *L = luaL_newstate();
+  lua_State *L = lua_newstate(mr_lua_alloc, NULL);
   if (!L) {
     snprintf(err, errlen, "cannot create a Lua state");
     return -1;
   }
   s->L = L;
+  lua_atpanic(L, panic);
   *(mr_request **)lua_getextraspace(L) = NULL;
   luaL_openlibs(L);
   lua_gc(L, LUA_GCGEN, 0, 0);

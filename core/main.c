@@ -233,6 +233,7 @@ int main(int argc, char **argv) {
     free(ps);
   }
   free(mr_srv.readbuf);
+  mr_lua_alloc_release();
   request_free_slots();
   log_flush();
   return 0;

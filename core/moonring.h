@@ -82,6 +82,10 @@ int server_start(mr_server *s);          /* bind, listen, print the listening li
 void server_drain(mr_server *s);         /* stop accepting, close idle connections */
 void server_conn_closed(mr_server *s);   /* a connection finished closing */
 
+/* alloc.c: the Lua state's allocator, and freeing its cache at exit. */
+void *mr_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void mr_lua_alloc_release(void);
+
 /* lmoonring.c: opens the `moonring.core` module and loads serve + app. */
 int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen);
 
