@@ -252,8 +252,19 @@ void request_body_notify(mr_request *r) {
   if (r->wait == WAIT_BODY && (r->body.len || (r->flags & REQ_BODY_DONE))) runner_wake(r, 0);
 }
 
+/* The handle check runs on every send/write: compare the metatable by
+ * address instead of luaL_checkudata's lookup by name. */
+static const void *request_mt;
+
 mr_request *request_check(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, REQUEST_MT);
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    int ok = lua_topointer(L, -1) == request_mt;
+    lua_pop(L, 1);
+    if (ok) return p;
+  }
+  luaL_typeerror(L, idx, REQUEST_MT);
+  return NULL;
 }
 
 /* req.body:read() → next chunk or nil at the end;
@@ -334,6 +345,7 @@ static const luaL_Reg request_meta[] = {
 
 void request_open(lua_State *L) {
   luaL_newmetatable(L, REQUEST_MT);
+  request_mt = lua_topointer(L, -1);          /* anchored in the registry */
   luaL_setfuncs(L, request_meta, 0);
   luaL_newlib(L, body_methods);
   lua_setfield(L, -2, "__index");

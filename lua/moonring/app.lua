@@ -88,10 +88,13 @@ local function scan(dir, prefix, out)
   return out
 end
 
-local function dispatcher(match)
+-- `exact` maps paths of routes without parameters to their entries: most
+-- requests are answered by that one lookup.
+local function dispatcher(match, exact)
   local not_found = function() return text(404, "Not Found\n") end
   return function(req)
-    local entry = match(req.uri, req.params)
+    local uri = req.uri
+    local entry = exact[uri] or match(uri, req.params)
     if not entry then return not_found() end
     req.route = entry.pattern
     local h = entry.handler
@@ -117,7 +120,7 @@ function app.load(path)
     local entry = load_file(path, path)
     entry.pattern = "/*"
     current = { describe(entry) }
-    return dispatcher(function() return entry end)
+    return dispatcher(function() return entry end, {})
   end
   local dir = path:gsub("/+$", "")
   if dir == "" then dir = "/" end
@@ -130,7 +133,7 @@ function app.load(path)
   for _, entry in ipairs(r.list) do list[#list + 1] = describe(entry) end
   table.sort(list, function(a, b) return a.path < b.path end)
   current = list
-  return dispatcher(function(uri, params) return r:match(uri, params) end)
+  return dispatcher(function(uri, params) return r:match(uri, params) end, r.exact)
 end
 
 function app.routes()
