@@ -1,7 +1,7 @@
 /* main.c — the command line: parses options into the config (every limit has
  * its default here), finds the Lua library, loads the app, binds, runs the
  * loop until a drain finishes, and frees what is left. */
-#include "request.h"
+#include "runner.h"
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -234,7 +234,8 @@ int main(int argc, char **argv) {
   }
   free(mr_srv.readbuf);
   mr_lua_alloc_release();
-  request_free_slots();
+  request_pool_free();
+  runner_free();
   log_flush();
   return 0;
 }

@@ -1,14 +1,15 @@
 /* request.c — turns a parsed head into the Lua request table (DESIGN 4.2),
- * starts the request's coroutine, and implements the body reader. The
- * request userdata is anchored in the registry until both the connection and
- * the coroutine are done with it (request_release). */
+ * starts the request's coroutine, implements the body reader, and owns the
+ * pool of mr_request structs (reused, never left to Lua's GC: the request
+ * path allocates no userdata unless the request has a body). */
 #include "runner.h"
 #include <lauxlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
 
-#define REQUEST_MT "moonring.request"
+#define BODY_MT "moonring.body"
 
 /* Field stores below are "push key (from the interned strings at S), push
  * value, lua_rawset(t)". */
@@ -100,63 +101,95 @@ static int has_expect_continue(mr_parse *ps) {
   return 0;
 }
 
-/* Live requests are anchored in slots of one registry table; the free slots
- * are kept here (luaL_ref does the same bookkeeping through the table). */
-static int *free_slots;
-static int nfree, slots_cap, slots_used;
+/* The pool: every mr_request ever needed, by slot; free slots are stacked. */
+static mr_request **slots;
+static uint32_t nslots, slots_cap, *free_slots, nfree;
 
-static int anchor(lua_State *L) {               /* anchors the value on top, pops it */
-  int slot;
+static mr_request *request_alloc(void) {
+  mr_request *r;
   if (nfree) {
-    slot = free_slots[--nfree];
+    r = slots[free_slots[--nfree]];
   } else {
-    slot = ++slots_used;
+    if (nslots == slots_cap) {
+      uint32_t cap = slots_cap ? slots_cap * 2 : 64;
+      mr_request **sp = realloc(slots, sizeof *sp * cap);
+      uint32_t *fp = sp ? realloc(free_slots, sizeof *fp * cap) : NULL;
+      if (sp) slots = sp;
+      if (!sp || !fp) { fputs("moonring: out of memory\n", stderr); abort(); }
+      free_slots = fp;
+      slots_cap = cap;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) { fputs("moonring: out of memory\n", stderr); abort(); }
+    r->slot = nslots;
+    slots[nslots++] = r;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, mr_srv.anchors_ref);
-  lua_insert(L, -2);
-  lua_rawseti(L, -2, slot);
-  lua_pop(L, 1);
-  return slot;
+  uint32_t slot = r->slot, gen = r->gen;
+  mr_buf body = r->body;
+  memset(r, 0, sizeof *r);
+  r->slot = slot;
+  r->gen = gen;
+  r->body = body;
+  r->body.len = 0;
+  r->live = 1;
+  return r;
 }
 
-static void unanchor(lua_State *L, int slot) {
-  if (nfree == slots_cap) {
-    int cap = slots_cap ? slots_cap * 2 : 64;
-    int *p = realloc(free_slots, sizeof *p * (size_t)cap);
-    if (!p) return;                              /* the slot is lost, not the memory */
-    free_slots = p;
-    slots_cap = cap;
+void request_pool_free(void) {
+  for (uint32_t i = 0; i < nslots; i++) {
+    mr_buf_free(&slots[i]->body);
+    free(slots[i]);
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, mr_srv.anchors_ref);
-  lua_pushnil(L);
-  lua_rawseti(L, -2, slot);
-  lua_pop(L, 1);
-  free_slots[nfree++] = slot;
-}
-
-void request_free_slots(void) {
+  free(slots);
   free(free_slots);
+  slots = NULL;
   free_slots = NULL;
-  nfree = slots_cap = slots_used = 0;
+  nslots = slots_cap = nfree = 0;
 }
 
-void request_push(lua_State *L, mr_request *r) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, mr_srv.anchors_ref);
-  lua_rawgeti(L, -1, r->ref);
-  lua_remove(L, -2);
+static lua_Integer handle_of(const mr_request *r) {
+  return (lua_Integer)(((uint64_t)r->gen << 32) | r->slot);
+}
+
+static mr_request *from_handle(lua_Integer h) {
+  uint32_t slot = (uint32_t)((uint64_t)h & 0xffffffffu), gen = (uint32_t)((uint64_t)h >> 32);
+  if (slot >= nslots) return NULL;
+  mr_request *r = slots[slot];
+  return r->live && r->gen == gen ? r : NULL;
+}
+
+mr_request *request_check(lua_State *L, int idx) {
+  int isnum;
+  lua_Integer h = lua_tointegerx(L, idx, &isnum);
+  mr_request *r = isnum ? from_handle(h) : NULL;
+  if (!r) luaL_argerror(L, idx, "not a live request handle");
+  return r;
+}
+
+/* req.body: the reader userdata, created only for requests with a body. */
+typedef struct mr_body {
+  uint32_t slot, gen;
+} mr_body;
+
+static const void *body_mt;                     /* compared by address */
+
+static mr_body *body_check(lua_State *L, int idx) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    int ok = lua_topointer(L, -1) == body_mt;
+    lua_pop(L, 1);
+    if (ok) return p;
+  }
+  luaL_typeerror(L, idx, BODY_MT);
+  return NULL;
 }
 
 void request_start(mr_conn *c) {
   mr_server *s = &mr_srv;
-  lua_State *L = s->L;
   mr_parse *ps = c->ps;
   llhttp_t *p = &c->parser;
 
-  mr_request *r = lua_newuserdatauv(L, sizeof *r, 2);
-  memset(r, 0, sizeof *r);
-  r->ref = LUA_NOREF;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->request_mt_ref);
-  lua_setmetatable(L, -2);
+  mr_request *r = request_alloc();
   r->conn = c;
   r->id = ++s->next_request_id;
   r->start_ns = uv_hrtime();
@@ -175,10 +208,7 @@ void request_start(mr_conn *c) {
     if (minor >= 1 && has_expect_continue(ps)) r->flags |= REQ_CONTINUE;
   }
 
-  lua_State *co = runner_thread(L);
-  r->co = co;
-  lua_setiuservalue(L, -2, 1);               /* the handle anchors its coroutine */
-  *(mr_request **)lua_getextraspace(co) = r;
+  lua_State *co = runner_take(r);
 
   lua_rawgeti(co, LUA_REGISTRYINDEX, s->serve_ref);
   lua_rawgeti(co, LUA_REGISTRYINDEX, s->app_ref);
@@ -202,8 +232,11 @@ void request_start(mr_conn *c) {
   }
   if (has_body) {
     lua_rawgeti(co, S, S_BODY);
-    lua_pushvalue(L, -1);
-    lua_xmove(L, co, 1);
+    mr_body *b = lua_newuserdatauv(co, sizeof *b, 0);
+    b->slot = r->slot;
+    b->gen = r->gen;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, s->request_mt_ref);
+    lua_setmetatable(co, -2);
     lua_rawset(co, t);
   }
   lua_rawgeti(co, S, S_SCHEME);
@@ -228,20 +261,16 @@ void request_start(mr_conn *c) {
   lua_pushinteger(co, (lua_Integer)r->id);
   lua_rawset(co, t);
   lua_remove(co, S);                         /* serve, app, req */
-
-  lua_pushvalue(co, -1);
-  lua_xmove(co, L, 1);
-  lua_setiuservalue(L, -2, 2);               /* kept for error reports */
-  lua_pushvalue(L, -1);
-  lua_xmove(L, co, 1);                       /* serve(app, req, handle) */
-  r->ref = anchor(L);
+  lua_pushinteger(co, handle_of(r));         /* serve(app, req, handle) */
   runner_resume(r, 3);
 }
 
 void request_release(mr_request *r) {
-  if (r->conn || !(r->flags & REQ_ENDED) || r->ref == LUA_NOREF) return;
-  unanchor(mr_srv.L, r->ref);
-  r->ref = LUA_NOREF;
+  if (r->conn || !(r->flags & REQ_ENDED) || !r->live) return;
+  r->live = 0;
+  r->gen++;
+  if (r->body.cap > 16 * MR_KIB) mr_buf_free(&r->body);   /* keep small buffers */
+  free_slots[nfree++] = r->slot;
 }
 
 void request_body(mr_request *r, const char *p, size_t n) {
@@ -252,26 +281,16 @@ void request_body_notify(mr_request *r) {
   if (r->wait == WAIT_BODY && (r->body.len || (r->flags & REQ_BODY_DONE))) runner_wake(r, 0);
 }
 
-/* The handle check runs on every send/write: compare the metatable by
- * address instead of luaL_checkudata's lookup by name. */
-static const void *request_mt;
-
-mr_request *request_check(lua_State *L, int idx) {
-  void *p = lua_touserdata(L, idx);
-  if (p && lua_getmetatable(L, idx)) {
-    int ok = lua_topointer(L, -1) == request_mt;
-    lua_pop(L, 1);
-    if (ok) return p;
-  }
-  luaL_typeerror(L, idx, REQUEST_MT);
-  return NULL;
-}
-
 /* req.body:read() → next chunk or nil at the end;
  * req.body:read("a") → the rest as one string ("" when nothing is left). */
 static int body_read_k(lua_State *L, int status, lua_KContext all);
 
 static int body_read_now(lua_State *L, mr_request *r, int all) {
+  if (!r) {                                  /* the request is over */
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
   if (r->body.len && (!all || (r->flags & REQ_BODY_DONE))) {
     lua_pushlstring(L, r->body.data, r->body.len);
     r->body.len = 0;
@@ -303,12 +322,18 @@ static int body_read_now(lua_State *L, mr_request *r, int all) {
   return runner_park(L, r, WAIT_BODY, NULL, NULL, body_read_k, all);
 }
 
+static mr_request *body_request(lua_State *L) {
+  mr_body *b = body_check(L, 1);
+  mr_request *r = from_handle((lua_Integer)(((uint64_t)b->gen << 32) | b->slot));
+  return r;
+}
+
 static int body_read_k(lua_State *L, int status, lua_KContext all) {
-  return body_read_now(L, request_check(L, 1), (int)all);
+  return body_read_now(L, body_request(L), (int)all);
 }
 
 static int body_read(lua_State *L) {
-  mr_request *r = request_check(L, 1);
+  mr_request *r = body_request(L);
   int all = 0;
   if (!lua_isnoneornil(L, 2)) {
     const char *fmt = luaL_checkstring(L, 2);
@@ -320,15 +345,9 @@ static int body_read(lua_State *L) {
   return body_read_now(L, r, all);
 }
 
-static int request_gc(lua_State *L) {
-  mr_request *r = lua_touserdata(L, 1);
-  mr_buf_free(&r->body);
-  return 0;
-}
-
-static int request_tostring(lua_State *L) {
-  mr_request *r = lua_touserdata(L, 1);
-  lua_pushfstring(L, "moonring.body (request %I)", (lua_Integer)r->id);
+static int body_tostring(lua_State *L) {
+  mr_body *b = body_check(L, 1);
+  lua_pushfstring(L, "moonring.body (slot %d)", (int)b->slot);
   return 1;
 }
 
@@ -337,20 +356,17 @@ static const luaL_Reg body_methods[] = {
   {NULL, NULL},
 };
 
-static const luaL_Reg request_meta[] = {
-  {"__gc", request_gc},
-  {"__tostring", request_tostring},
+static const luaL_Reg body_meta[] = {
+  {"__tostring", body_tostring},
   {NULL, NULL},
 };
 
 void request_open(lua_State *L) {
-  luaL_newmetatable(L, REQUEST_MT);
-  request_mt = lua_topointer(L, -1);          /* anchored in the registry */
-  luaL_setfuncs(L, request_meta, 0);
+  luaL_newmetatable(L, BODY_MT);
+  body_mt = lua_topointer(L, -1);            /* anchored in the registry */
+  luaL_setfuncs(L, body_meta, 0);
   luaL_newlib(L, body_methods);
   lua_setfield(L, -2, "__index");
   mr_srv.request_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_newtable(L);
-  mr_srv.anchors_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   strings_init(L);
 }

@@ -1,8 +1,9 @@
-/* request.h — a request as Lua sees it. The mr_request is the full userdata
- * behind `req.body` and the handle the serve loop passes to the response
- * functions; its user values anchor the coroutine and the request table.
- * It lives as long as Lua holds it; `conn` is NULL once the client is gone
- * or the request has ended. */
+/* request.h — a request being served. The mr_request lives in C, in a pool
+ * reused across requests; Lua names it by an integer handle (slot and
+ * generation, so a stale handle is refused) passed to the serve loop, and
+ * `req.body` is a small userdata holding the same pair. `conn` is NULL once
+ * the client is gone; the struct goes back to the pool when both the
+ * connection and the coroutine are done with it (request_release). */
 #ifndef MR_REQUEST_H
 #define MR_REQUEST_H
 
@@ -29,8 +30,10 @@ enum { WAIT_NONE, WAIT_SLEEP, WAIT_BODY, WAIT_DRAIN };
 
 typedef struct mr_request {
   mr_conn *conn;
-  lua_State *co;
-  int ref;                      /* registry ref: anchors this userdata */
+  lua_State *co;                /* NULL once the coroutine has ended */
+  int thread;                   /* the coroutine's slot in the runner's table */
+  uint32_t slot, gen;           /* the handle; gen changes on every reuse */
+  int live;
   unsigned flags;
   uint8_t wait;                 /* what the parked coroutine waits for */
   void (*wait_cancel)(struct mr_request *r);
@@ -66,10 +69,9 @@ void request_body_notify(mr_request *r);
 /* Drops the registry anchor once both the connection and the coroutine are
  * done with the request; Lua's GC frees it after that. */
 void request_release(mr_request *r);
+/* The live request a handle names, or a Lua error. */
 mr_request *request_check(lua_State *L, int idx);
-/* Pushes the request's handle (it must still be anchored). */
-void request_push(lua_State *L, mr_request *r);
-void request_free_slots(void);
+void request_pool_free(void);
 void request_open(lua_State *L);         /* creates the request-handle metatable */
 
 /* response.c */

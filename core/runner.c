@@ -4,40 +4,87 @@
  * that interprets a resume: parked, finished, or failed. */
 #include "runner.h"
 #include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-/* Finished coroutines are kept for reuse: a new thread costs a stack and a
- * CallInfo chain to allocate and, later, to collect. Only coroutines that
- * returned normally are reused (their stack is empty); failed or cancelled
- * ones are left to the GC. The pool table (registry) anchors them. */
+/* Coroutines live in one registry table for good and are lent to requests
+ * by slot, so a running coroutine is anchored without any per-request
+ * bookkeeping in Lua. A coroutine that returned normally is reused (its
+ * stack is empty); a failed or cancelled one is dropped from its slot and the
+ * slot refilled when next lent. At most POOL_MAX idle coroutines are kept. */
 #define POOL_MAX 256
-static int pool_ref = LUA_NOREF;
-static int pool_len;
+static int threads_ref = LUA_NOREF;
+static lua_State **threads;                 /* by slot; NULL = empty slot */
+static int *ready, *empty;                  /* idle slots with / without a coroutine */
+static int nthreads, cap, nready, nempty;
 
-lua_State *runner_thread(lua_State *L) {
-  if (pool_len) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, pool_ref);
-    lua_rawgeti(L, -1, pool_len);
-    lua_pushnil(L);
-    lua_rawseti(L, -3, pool_len--);
-    lua_remove(L, -2);
-    return lua_tothread(L, -1);
-  }
-  return lua_newthread(L);
+static void threads_grow(void) {
+  int c = cap ? cap * 2 : 256;
+  lua_State **t = realloc(threads, sizeof *t * (size_t)(c + 1));
+  int *r = t ? realloc(ready, sizeof *r * (size_t)c) : NULL;
+  int *e = r ? realloc(empty, sizeof *e * (size_t)c) : NULL;
+  if (t) threads = t;
+  if (r) ready = r;
+  if (!t || !r || !e) { fputs("moonring: out of memory\n", stderr); abort(); }
+  empty = e;
+  cap = c;
 }
 
-static void pool_put(lua_State *co) {
+static void set_slot(int i, int make) {
   lua_State *L = mr_srv.L;
-  if (pool_len >= POOL_MAX || lua_status(co) != LUA_OK || lua_gettop(co) != 0) return;
-  if (pool_ref == LUA_NOREF) {
-    lua_createtable(L, POOL_MAX, 0);
-    pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, pool_ref);
-  lua_pushthread(co);
-  lua_xmove(co, L, 1);
-  lua_rawseti(L, -2, ++pool_len);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, threads_ref);
+  if (make) threads[i] = lua_newthread(L);
+  else { lua_pushnil(L); threads[i] = NULL; }
+  lua_rawseti(L, -2, i);
   lua_pop(L, 1);
+}
+
+lua_State *runner_take(mr_request *r) {
+  int i;
+  if (nready) {
+    i = ready[--nready];
+  } else {
+    if (nempty) {
+      i = empty[--nempty];
+    } else {
+      if (threads_ref == LUA_NOREF) {
+        lua_newtable(mr_srv.L);
+        threads_ref = luaL_ref(mr_srv.L, LUA_REGISTRYINDEX);
+      }
+      if (nthreads == cap) threads_grow();
+      i = ++nthreads;
+    }
+    set_slot(i, 1);
+  }
+  r->thread = i;
+  r->co = threads[i];
+  *(mr_request **)lua_getextraspace(r->co) = r;
+  return r->co;
+}
+
+/* The coroutine of r is done; `reusable` when it returned normally. */
+static void give_back(mr_request *r, int reusable) {
+  if (!r->co) return;                        /* already given back (cancelled) */
+  int i = r->thread;
+  *(mr_request **)lua_getextraspace(threads[i]) = NULL;
+  if (reusable && nready < POOL_MAX && lua_gettop(threads[i]) == 0) {
+    ready[nready++] = i;
+  } else {
+    set_slot(i, 0);
+    empty[nempty++] = i;
+  }
+  r->co = NULL;
+}
+
+void runner_free(void) {
+  free(threads);
+  free(ready);
+  free(empty);
+  threads = NULL;
+  ready = empty = NULL;
+  nthreads = cap = nready = nempty = 0;
+  threads_ref = LUA_NOREF;
 }
 
 mr_request *runner_current(lua_State *L) {
@@ -63,9 +110,7 @@ void runner_wake(mr_request *r, int nargs) {
 
 /* The coroutine will not run again: hand the request back to its owner. */
 static void ended(mr_request *r) {
-  if (r->co) *(mr_request **)lua_getextraspace(r->co) = NULL;
   r->flags |= REQ_ENDED;
-  r->co = NULL;
   if (r->conn) conn_request_ended(r->conn);
   else request_release(r);
 }
@@ -79,18 +124,26 @@ void runner_cancel(mr_request *r) {
   if (r->wait_cancel) r->wait_cancel(r);
   r->wait = WAIT_NONE;
   r->wait_cancel = NULL;
-  *(mr_request **)lua_getextraspace(r->co) = NULL;
   lua_resetthread(r->co);                    /* closes pending to-be-closed variables */
+  give_back(r, 0);
   r->flags |= REQ_ENDED;
-  r->co = NULL;
 }
 
-static void push_route(lua_State *L, mr_request *r) {
-  request_push(L, r);
-  lua_getiuservalue(L, -1, 2);
-  lua_getfield(L, -1, "route");
-  lua_replace(L, -3);
-  lua_pop(L, 1);
+/* Pushes req.route of the failed request: req is the second argument of
+ * serve, the coroutine's outermost frame (the stack is not unwound after an
+ * error, so the frame is still there). */
+static void push_route(lua_State *L, lua_State *co) {
+  lua_Debug ar;
+  int level = 0;
+  while (lua_getstack(co, level + 1, &ar)) level++;
+  if (lua_getstack(co, level, &ar) && lua_getlocal(co, &ar, 2)) {
+    if (lua_istable(co, -1)) lua_getfield(co, -1, "route");
+    else lua_pushnil(co);
+    lua_xmove(co, L, 1);
+    lua_pop(co, 1);
+  } else {
+    lua_pushnil(L);
+  }
 }
 
 /* A handler error or a bad response: log once with a traceback; answer 500
@@ -100,7 +153,7 @@ static void failed(mr_request *r, lua_State *co) {
   const char *msg = luaL_tolstring(co, -1, NULL);
   luaL_traceback(L, co, msg, 0);
   const char *trace = lua_tostring(L, -1);
-  push_route(L, r);
+  push_route(L, co);
   const char *route = lua_tostring(L, -1);
   const char *method = "-", *target = "";
   int tlen = 0;
@@ -143,6 +196,7 @@ void runner_resume(mr_request *r, int nargs) {
     status = LUA_ERRRUN;
   }
   if (status != LUA_OK) failed(r, co);
-  else pool_put(co);
+  else lua_settop(co, 0);
+  give_back(r, status == LUA_OK);
   ended(r);
 }

@@ -7,8 +7,9 @@
 
 #include "request.h"
 
-/* Pushes a coroutine ready to run (reused or new) onto L and returns it. */
-lua_State *runner_thread(lua_State *L);
+/* Lends r a coroutine ready to run (reused or new); r->co is set. */
+lua_State *runner_take(mr_request *r);
+void runner_free(void);
 /* Resumes a parked or new coroutine with `nargs` values on its stack. */
 void runner_resume(mr_request *r, int nargs);
 /* From inside a primitive: park the calling coroutine until runner_wake.
