@@ -154,6 +154,17 @@ describe("HTTP/1.1 connections", function()
     end)
   end)
 
+  it("answers a CONNECT with Connection: close and closes, since it tunnels nothing", function()
+    with_app(function(server)
+      local text, info = helper.raw(server.port,
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", { timeout = 3 * helper.slow })
+      assert.is_true(info.closed, text)
+      local res = helper.parse_response(text)
+      assert.are.equal("close", (res.headers["connection"] or ""):lower())
+      helper.assert_serves(server.port, "/")
+    end)
+  end)
+
   it("answers pipelined HEAD and GET with a body only for the GET", function()
     with_app(function(server)
       local bytes = "HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -76,6 +76,8 @@ describe("request table", function()
       local r = seen_raw(server, "GET http://example.com/x?y=1 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
       assert.are.equal("/x", r.uri)
       assert.are.equal("y=1", r.query_string)
+      local a = seen_raw(server, "GET http://target.test:81/x HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+      assert.are.equal("target.test", a.server_name)   -- RFC 9112 3.2.2: the target names the server
     end)
   end)
 

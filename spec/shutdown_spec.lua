@@ -14,19 +14,14 @@ end
 }
 
 describe("graceful shutdown", function()
-  it("exits 0 on SIGTERM when idle", function()
-    local server = helper.start { app = helper.app(APP) }
-    finally(function() server:stop() end)
-    assert.is_true(server:signal("TERM"))
-    assert.are.equal(0, server:wait(5 * helper.slow))
-  end)
-
-  it("exits 0 on SIGINT when idle", function()
-    local server = helper.start { app = helper.app(APP) }
-    finally(function() server:stop() end)
-    assert.is_true(server:signal("INT"))
-    assert.are.equal(0, server:wait(5 * helper.slow))
-  end)
+  for _, sig in ipairs { "TERM", "INT" } do
+    it("exits 0 on SIG" .. sig .. " when idle", function()
+      local server = helper.start { app = helper.app(APP) }
+      finally(function() server:stop() end)
+      assert.is_true(server:signal(sig))
+      assert.are.equal(0, server:wait(5 * helper.slow))
+    end)
+  end
 
   it("finishes a request in flight after SIGTERM, then exits 0", function()
     local server = helper.start { app = helper.app(APP) }
