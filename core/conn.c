@@ -29,7 +29,7 @@ void conn_timeout(mr_conn *c) {
   if (c->flags & CONN_SHUTDOWN) {
     conn_close(c, CONN_CLOSE_GRACEFUL);
   } else if (c->req && (c->req->flags & REQ_ENDED)) {
-    conn_close(c, CONN_CLOSE_RESET);                /* the rest of an unread body stopped coming */
+    conn_close(c, CONN_CLOSE_RESET); /* the rest of an unread body stopped coming */
   } else if (c->req) {
     mr_request *r = c->req;          /* request deadline */
     if (r->flags & REQ_HEAD_SENT) return;
@@ -43,7 +43,7 @@ void conn_timeout(mr_conn *c) {
   } else if (c->ps) {
     reject(c, 408);
   } else {
-    conn_close(c, CONN_CLOSE_GRACEFUL);                /* idle keep-alive, or connected and silent */
+    conn_close(c, CONN_CLOSE_NOW);   /* idle keep-alive, or connected and silent */
   }
 }
 
@@ -84,7 +84,7 @@ void conn_accept(mr_server *s) {
   s->conns = c;
   s->nconns++;
   if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) < 0) {
-    conn_close(c, CONN_CLOSE_GRACEFUL);
+    conn_close(c, CONN_CLOSE_NOW);
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
@@ -116,9 +116,6 @@ typedef struct write_req {
   char data[];
 } write_req;
 
-#define HIGH_WATER (64 * MR_KIB)
-#define LOW_WATER  (16 * MR_KIB)
-
 size_t conn_queued(const mr_conn *c) { return c->tcp.write_queue_size; }
 
 static void write_cb(uv_write_t *req, int status) {
@@ -131,7 +128,7 @@ static void write_cb(uv_write_t *req, int status) {
     return;
   }
   mr_request *r = c->req;
-  if (r && r->wait == WAIT_DRAIN && conn_queued(c) <= LOW_WATER) runner_wake(r, 0);
+  if (r && r->wait == WAIT_DRAIN && conn_queued(c) <= CONN_LOW_WATER) runner_wake(r, 0);
 }
 
 int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
@@ -303,8 +300,8 @@ static void reject(mr_conn *c, int status) {
  * between llhttp_execute calls, never inside a parser callback. */
 static void conn_process(mr_conn *c, char *data, size_t len) {
   c->flags |= CONN_PROCESSING;
-  /* After a pause the parser may have work left that needs no input (the end
-   * of a bodiless message), so it runs once more even when len is 0. */
+  /* After the pause at the end of a head the parser may have work left that
+   * needs no input, so it runs once more even when len is 0. */
   int resumed = 0;
   while ((len > 0 || resumed) && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
     resumed = 0;
@@ -316,12 +313,12 @@ static void conn_process(mr_conn *c, char *data, size_t len) {
     len -= used;
     if (err == HPE_PAUSED) {
       llhttp_resume(&c->parser);
-      resumed = 1;
       uint8_t ev = c->event;
       c->event = CONN_EV_NONE;
-      if (ev == CONN_EV_HEADERS) {
+      resumed = ev == CONN_EV_HEADERS;
+      if (ev == CONN_EV_HEADERS || ev == CONN_EV_WHOLE) {
         disarm(c);
-        request_start(c);
+        request_start(c, ev == CONN_EV_WHOLE);
       } else if (ev == CONN_EV_MESSAGE && c->req) {
         request_body_notify(c->req);
         if (c->req && (c->req->flags & REQ_ENDED)) finish_request(c);

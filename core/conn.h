@@ -34,7 +34,9 @@ enum {
   CONN_BAD        = 1 << 5,     /* an error response was sent; close after it */
 };
 
-enum { CONN_EV_NONE, CONN_EV_HEADERS, CONN_EV_MESSAGE };
+/* What made the parser pause: the end of a head (a body follows), the end of
+ * a message, or both at once (a request without a body). */
+enum { CONN_EV_NONE, CONN_EV_HEADERS, CONN_EV_MESSAGE, CONN_EV_WHOLE };
 
 typedef struct mr_conn {
   uv_tcp_t tcp;                 /* tcp.data = this */
@@ -51,6 +53,11 @@ typedef struct mr_conn {
   uint64_t expire;              /* loop time (ms) of the next timeout, 0 = none */
   char remote[46];
 } mr_conn;
+
+/* Output backpressure: a streamed body's write() parks above HIGH_WATER
+ * bytes queued for the client and is resumed once it drains to LOW_WATER. */
+#define CONN_HIGH_WATER (64 * MR_KIB)
+#define CONN_LOW_WATER  (16 * MR_KIB)
 
 void conn_accept(mr_server *s);
 /* Queue bytes for the client: tries to write at once, copies what remains.

@@ -77,6 +77,24 @@ static inline void mr_buf_append(mr_buf *b, const void *p, size_t n) {
 void mr_buf_free(mr_buf *b);
 #define mr_buf_lit(b, s) mr_buf_append((b), (s), sizeof(s) - 1)
 
+/* RFC 9110 token: what a header field name may be made of. */
+static inline int mr_is_token(const char *s, size_t n) {
+  if (!n) return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') continue;
+    if (ch >= '0' && ch <= '9') continue;
+    switch (ch) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+      continue;
+    default:
+      return 0;
+    }
+  }
+  return 1;
+}
+
 /* server.c */
 int server_start(mr_server *s);          /* bind, listen, print the listening line */
 void server_drain(mr_server *s);         /* stop accepting, close idle connections */

@@ -184,7 +184,7 @@ static mr_body *body_check(lua_State *L, int idx) {
   return NULL;
 }
 
-void request_start(mr_conn *c) {
+void request_start(mr_conn *c, int complete) {
   mr_server *s = &mr_srv;
   mr_parse *ps = c->ps;
   llhttp_t *p = &c->parser;
@@ -202,6 +202,7 @@ void request_start(mr_conn *c) {
   if (llhttp_should_keep_alive(p) && !upgrade) r->flags |= REQ_KEEP_ALIVE;
   if (minor == 0) r->flags |= REQ_HTTP10;
   if (method == HTTP_HEAD) r->flags |= REQ_IS_HEAD;
+  if (complete) r->flags |= REQ_MSG_DONE | REQ_BODY_DONE;
   int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
   if (has_body) {
     r->flags |= REQ_HAS_BODY;

@@ -60,8 +60,9 @@ static inline int strings_push(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* Builds the Lua request from c->ps and starts its coroutine. */
-void request_start(mr_conn *c);
+/* Builds the Lua request from c->ps and starts its coroutine; `complete`
+ * when the parser has already seen the end of the message (no body). */
+void request_start(mr_conn *c, int complete);
 /* The parser delivered body bytes, or the end of the body. */
 void request_body(mr_request *r, const char *p, size_t n);
 /* Wakes a coroutine waiting in req.body:read() if there is news for it. */

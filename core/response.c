@@ -11,7 +11,6 @@
 #include <string.h>
 #include <strings.h>
 
-#define HIGH_WATER (64 * MR_KIB)   /* write() parks above this much queued output */
 #define MAX_INLINE_BUFS 16
 
 static mr_buf head;                /* scratch: rebuilt for every response */
@@ -116,19 +115,6 @@ int response_simple(mr_conn *c, int status, const char *body, unsigned rflags) {
   return conn_write(c, bufs, 2);
 }
 
-/* RFC 9110 token characters. */
-static int is_token(const char *s, size_t n) {
-  static const char extra[] = "!#$%&'*+-.^_`|~";
-  if (!n) return 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)s[i];
-    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-          (ch && strchr(extra, ch))))
-      return 0;
-  }
-  return 1;
-}
-
 static int safe_value(const char *s, size_t n) {
   for (size_t i = 0; i < n; i++)
     if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0') return 0;
@@ -160,7 +146,7 @@ static unsigned head_headers(lua_State *L, int hidx, unsigned rflags, int *has_d
       bad_response(L, "header names must be strings, got %s", luaL_typename(L, -2));
     size_t nlen;
     const char *name = lua_tolstring(L, -2, &nlen);
-    if (!is_token(name, nlen))
+    if (!mr_is_token(name, nlen))
       bad_response(L, "invalid header name \"%s\"", name);
     int t = lua_type(L, -1);
     if (name_is(name, nlen, "content-length") || name_is(name, nlen, "transfer-encoding")) {
@@ -326,7 +312,7 @@ static int response_write(lua_State *L) {
     conn_write(c, bufs, n);
     r->bytes_out += len;
     c = r->conn;                             /* a failed write detaches the request */
-    if (c && conn_queued(c) > HIGH_WATER && runner_current(L) == r)
+    if (c && conn_queued(c) > CONN_HIGH_WATER && runner_current(L) == r)
       return runner_park(L, r, WAIT_DRAIN, NULL, NULL, write_k, 0);
   }
   lua_pushboolean(L, c != NULL);
