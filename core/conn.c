@@ -27,12 +27,16 @@ static void disarm(mr_conn *c) { c->expire = 0; }
 void conn_timeout(mr_conn *c) {
   c->expire = 0;
   if (c->flags & CONN_SHUTDOWN) {
-    conn_close(c, CONN_CLOSE_GRACEFUL);
+    conn_close(c, CONN_CLOSE_NOW);   /* linger over, or the last writes are stuck */
+  } else if (c->writes) {
+    conn_close(c, CONN_CLOSE_RESET); /* the client stopped reading our output */
   } else if (c->req && (c->req->flags & REQ_ENDED)) {
     conn_close(c, CONN_CLOSE_RESET); /* the rest of an unread body stopped coming */
+  } else if (c->req && (c->req->flags & REQ_HEAD_SENT)) {
+    /* a handler streaming its response while it reads a body that stopped coming */
+    if (c->req->wait == WAIT_BODY) conn_close(c, CONN_CLOSE_RESET);
   } else if (c->req) {
     mr_request *r = c->req;          /* request deadline */
-    if (r->flags & REQ_HEAD_SENT) return;
     log_error("request %llu: no response within %.3gs: 504, handler cancelled",
               (unsigned long long)r->id, mr_srv.cfg.request_timeout_ms / 1000.0);
     runner_cancel(r);
@@ -128,6 +132,8 @@ static void write_cb(uv_write_t *req, int status) {
     return;
   }
   mr_request *r = c->req;
+  if (c->writes) arm(c, mr_srv.cfg.idle_timeout_ms);          /* output moves: more time */
+  else if (r && (r->flags & REQ_HEAD_SENT) && r->wait != WAIT_BODY) disarm(c);
   if (r && r->wait == WAIT_DRAIN && conn_queued(c) <= CONN_LOW_WATER) runner_wake(r, 0);
 }
 
@@ -165,6 +171,8 @@ int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
     return rc;
   }
   c->writes++;
+  /* Output the client does not take within --idle-timeout ends the connection. */
+  arm(c, mr_srv.cfg.idle_timeout_ms);
   return 0;
 }
 
@@ -194,7 +202,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
   free(req);
   if (c->flags & CONN_CLOSING) return;
   if (status < 0 || (c->flags & CONN_READ_EOF)) {
-    conn_close(c, CONN_CLOSE_RESET);
+    conn_close(c, status < 0 ? CONN_CLOSE_RESET : CONN_CLOSE_NOW);
     return;
   }
   /* Keep reading (and discarding) for a moment so unread input does not turn
@@ -210,12 +218,14 @@ void conn_close(mr_conn *c, int how) {
   free(c->in);
   c->in = NULL;
   c->in_len = 0;
-  if (how == CONN_CLOSE_GRACEFUL && !(c->flags & (CONN_SHUTDOWN | CONN_READ_EOF)) &&
+  /* Even after the client's EOF: the shutdown waits for queued writes, which
+   * a plain close would cancel (a half-closed client still reads). */
+  if (how == CONN_CLOSE_GRACEFUL && !(c->flags & CONN_SHUTDOWN) &&
       uv_is_writable((uv_stream_t *)&c->tcp)) {
     uv_shutdown_t *req = malloc(sizeof *req);
     if (req && uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_cb) == 0) {
       c->flags |= CONN_SHUTDOWN;
-      disarm(c);
+      arm(c, mr_srv.cfg.idle_timeout_ms);     /* bounds writes still queued */
       return;
     }
     free(req);
@@ -234,15 +244,21 @@ void conn_start_deadline(mr_conn *c) {
   if (!c->expire) arm(c, mr_srv.cfg.request_timeout_ms);
 }
 
+void conn_start_body_wait(mr_conn *c) {
+  if (!c->expire) arm(c, mr_srv.cfg.idle_timeout_ms);
+}
+
 void conn_response_started(mr_conn *c) { disarm(c); }
 
 /* The request's coroutine is done and its message fully read: log it, then
  * keep the connection for the next request or close it. */
 static void finish_request(mr_conn *c) {
   mr_request *r = c->req;
-  /* After the client's EOF, input already buffered (pipelined) is still served. */
+  /* After the client's EOF, input already received (pipelined) is still
+   * served: in c->in, or in conn_process's hands when it is running, which
+   * then closes the connection once that input is used up. */
   int keep = (r->flags & REQ_KEEP_ALIVE) && !mr_srv.draining &&
-             !((c->flags & CONN_READ_EOF) && !c->in_len);
+             !((c->flags & CONN_READ_EOF) && !c->in_len && !(c->flags & CONN_PROCESSING));
   detach_request(c);
   parser_release(c);
   if (!keep) {
@@ -259,7 +275,8 @@ static void finish_request(mr_conn *c) {
     conn_process(c, data, len);
     free(data);
   }
-  if ((c->flags & CONN_READ_EOF) && !c->req) conn_close(c, CONN_CLOSE_GRACEFUL);
+  if ((c->flags & (CONN_READ_EOF | CONN_PROCESSING)) == CONN_READ_EOF && !c->req)
+    conn_close(c, CONN_CLOSE_GRACEFUL);
 }
 
 void conn_request_ended(mr_conn *c) {
@@ -278,7 +295,8 @@ void conn_request_ended(mr_conn *c) {
 static void reject(mr_conn *c, int status) {
   mr_request *r = c->req;
   if (r && (r->flags & REQ_HEAD_SENT)) {
-    conn_close(c, CONN_CLOSE_RESET);
+    /* a complete response is let out; a partial one is cut visibly */
+    conn_close(c, (r->flags & REQ_RESP_DONE) ? CONN_CLOSE_GRACEFUL : CONN_CLOSE_RESET);
     return;
   }
   if (r) {
@@ -336,6 +354,10 @@ static void conn_process(mr_conn *c, char *data, size_t len) {
     }
   }
   c->flags &= ~CONN_PROCESSING;
+  if ((c->flags & CONN_READ_EOF) && !c->req && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
+    conn_close(c, CONN_CLOSE_GRACEFUL);      /* the client sent its last request */
+    return;
+  }
   if (len && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
     char *in = malloc(c->in_len + len);
     if (!in) { conn_close(c, CONN_CLOSE_RESET); return; }

@@ -75,6 +75,9 @@ void conn_request_ended(mr_conn *c);
 /* The response head went out: the request deadline no longer applies. */
 void conn_response_started(mr_conn *c);
 void conn_start_deadline(mr_conn *c);
+/* A handler whose response has started waits for body bytes: they must
+ * come within --idle-timeout. */
+void conn_start_body_wait(mr_conn *c);
 /* Called by the server's sweep once c->expire has passed. */
 void conn_timeout(mr_conn *c);
 

@@ -62,6 +62,7 @@ void log_error(const char *fmt, ...) {
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
   fprintf(stderr, "%s [error] %s\n", when, line);
+  fflush(stderr);                 /* stderr may be the fully buffered access log */
 }
 
 const char *log_http_date(void) {

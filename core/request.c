@@ -292,6 +292,8 @@ static int body_read_now(lua_State *L, mr_request *r, int all) {
     lua_pushliteral(L, "closed");
     return 2;
   }
+  if (runner_current(L) != r)
+    return luaL_error(L, "req.body:read() must be called from its own request's coroutine");
   if (r->body.len && (!all || (r->flags & REQ_BODY_DONE))) {
     lua_pushlstring(L, r->body.data, r->body.len);
     r->body.len = 0;
@@ -307,7 +309,8 @@ static int body_read_now(lua_State *L, mr_request *r, int all) {
     lua_pushliteral(L, "closed");
     return 2;
   }
-  if (r->flags & REQ_CONTINUE) {
+  runner_check_yieldable(L, "req.body:read()");
+  if ((r->flags & REQ_CONTINUE) && !(r->flags & REQ_HEAD_SENT)) {
     r->flags &= ~REQ_CONTINUE;
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
@@ -318,8 +321,6 @@ static int body_read_now(lua_State *L, mr_request *r, int all) {
       return 2;
     }
   }
-  if (runner_current(L) != r)
-    return luaL_error(L, "req.body:read() must be called from its own request's coroutine");
   return runner_park(L, r, WAIT_BODY, NULL, NULL, body_read_k, all);
 }
 

@@ -200,6 +200,8 @@ static int response_send(lua_State *L) {
     if (!ok || st < 100 || st > 599)
       return bad_response(L, "status must be an integer 100-599, got %s",
                         luaL_tolstring(L, 3, NULL));
+    if (st < 200)   /* a client reads a 1xx as interim and keeps waiting */
+      return bad_response(L, "status %d is informational, not a final response", (int)st);
     status = (int)st;
   }
   if (!lua_isnil(L, 4) && !lua_istable(L, 4))
@@ -242,7 +244,7 @@ static int response_send(lua_State *L) {
   mr_buf_lit(&head, "\r\n");
 
   r->flags = (rflags & REQ_KEEP_ALIVE) | (r->flags & ~REQ_KEEP_ALIVE);
-  r->flags |= REQ_HEAD_SENT;
+  r->flags = (r->flags | REQ_HEAD_SENT) & ~REQ_CONTINUE;
   r->status = status;
   mr_conn *c = r->conn;
   if (c) conn_response_started(c);

@@ -91,6 +91,12 @@ mr_request *runner_current(lua_State *L) {
   return *(mr_request **)lua_getextraspace(L);
 }
 
+void runner_check_yieldable(lua_State *L, const char *what) {
+  if (!lua_isyieldable(L))
+    luaL_error(L, "%s cannot wait here (inside a metamethod, an iterator of a C "
+                  "function such as table.sort or string.gsub, or a __close handler)", what);
+}
+
 int runner_park(lua_State *L, mr_request *r, int wait, void (*cancel)(mr_request *),
                 void *data, lua_KFunction k, lua_KContext ctx) {
   r->wait = (uint8_t)wait;
@@ -98,6 +104,7 @@ int runner_park(lua_State *L, mr_request *r, int wait, void (*cancel)(mr_request
   r->wait_data = data;
   /* The deadline costs nothing for handlers that answer without waiting. */
   if (r->conn && !(r->flags & REQ_HEAD_SENT)) conn_start_deadline(r->conn);
+  else if (r->conn && wait == WAIT_BODY) conn_start_body_wait(r->conn);
   return lua_yieldk(L, 0, ctx, k);
 }
 
@@ -137,8 +144,12 @@ static void push_route(lua_State *L, lua_State *co) {
   int level = 0;
   while (lua_getstack(co, level + 1, &ar)) level++;
   if (lua_getstack(co, level, &ar) && lua_getlocal(co, &ar, 2)) {
-    if (lua_istable(co, -1)) lua_getfield(co, -1, "route");
-    else lua_pushnil(co);
+    if (lua_istable(co, -1)) {
+      lua_pushliteral(co, "route");
+      lua_rawget(co, -2);                    /* raw: no metamethod can fail here */
+    } else {
+      lua_pushnil(co);
+    }
     lua_xmove(co, L, 1);
     lua_pop(co, 1);
   } else {
@@ -148,10 +159,29 @@ static void push_route(lua_State *L, lua_State *co) {
 
 /* A handler error or a bad response: log once with a traceback; answer 500
  * if nothing was sent yet, else abort so the client sees a cut body. */
+/* The error object as text, under a protected call: its __tostring may
+ * itself fail, and an unprotected error here would abort the process. */
+static int error_text(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+static const char *push_error_text(lua_State *L, lua_State *co) {
+  lua_pushcfunction(L, error_text);
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
+  }
+  return lua_tostring(L, -1);
+}
+
 static void failed(mr_request *r, lua_State *co) {
   lua_State *L = mr_srv.L;
-  const char *msg = luaL_tolstring(co, -1, NULL);
+  const char *msg = push_error_text(L, co);
   luaL_traceback(L, co, msg, 0);
+  lua_remove(L, -2);
   const char *trace = lua_tostring(L, -1);
   push_route(L, co);
   const char *route = lua_tostring(L, -1);
@@ -171,13 +201,15 @@ static void failed(mr_request *r, lua_State *co) {
     response_simple(c, 500, mr_srv.cfg.dev ? trace : "Internal Server Error\n", r->flags);
   } else if (c) {
     r->flags &= ~REQ_KEEP_ALIVE;
-    conn_close(c, CONN_CLOSE_RESET);                        /* detaches r */
+    /* a cut body must look cut; a complete one is let out (detaches r) */
+    conn_close(c, (r->flags & REQ_RESP_DONE) ? CONN_CLOSE_GRACEFUL : CONN_CLOSE_RESET);
   }
   lua_pop(L, 2);
 }
 
 void runner_resume(mr_request *r, int nargs) {
   lua_State *co = r->co;
+  if (!co) return;                           /* ended meanwhile: nothing to resume */
   int nres = 0;
   r->flags |= REQ_RUNNING;
   int status = lua_resume(co, mr_srv.L, nargs, &nres);
@@ -195,8 +227,12 @@ void runner_resume(mr_request *r, int nargs) {
                         "(coroutine.yield at the top of a request?)");
     status = LUA_ERRRUN;
   }
-  if (status != LUA_OK) failed(r, co);
-  else lua_settop(co, 0);
+  if (status != LUA_OK) {
+    failed(r, co);
+    if (r->co) lua_resetthread(co);          /* runs pending __close handlers */
+  } else {
+    lua_settop(co, 0);
+  }
   give_back(r, status == LUA_OK);
   ended(r);
 }

@@ -12,6 +12,10 @@ lua_State *runner_take(mr_request *r);
 void runner_free(void);
 /* Resumes a parked or new coroutine with `nargs` values on its stack. */
 void runner_resume(mr_request *r, int nargs);
+/* Raises a clear error if a primitive called from L could not park it (a
+ * C boundary: metamethod, table.sort comparator, __close handler). Call it
+ * before the primitive has any side effect. */
+void runner_check_yieldable(lua_State *L, const char *what);
 /* From inside a primitive: park the calling coroutine until runner_wake.
  * `cancel` (may be NULL) undoes the wait if the request is cancelled.
  * Use as `return runner_park(L, r, WAIT_X, cancel, data, k, ctx);` */

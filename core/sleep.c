@@ -17,7 +17,7 @@ static void sleep_cb(uv_timer_t *t) {
   sleeper *z = t->data;
   mr_request *r = z->r;
   uv_close((uv_handle_t *)t, free_cb);
-  runner_wake(r, 0);
+  if (r->wait == WAIT_SLEEP && r->wait_data == z) runner_wake(r, 0);
 }
 
 static void sleep_cancel(mr_request *r) {
@@ -32,6 +32,7 @@ static int l_sleep(lua_State *L) {
   luaL_argcheck(L, sec >= 0 && sec == sec, 1, "expected a number of seconds >= 0");
   mr_request *r = runner_current(L);
   if (!r) return luaL_error(L, "moonring.sleep: not inside a request's coroutine");
+  runner_check_yieldable(L, "moonring.sleep");
   sleeper *z = malloc(sizeof *z);
   if (!z) return luaL_error(L, "moonring.sleep: out of memory");
   uv_timer_init(mr_srv.loop, &z->timer);
