@@ -24,8 +24,20 @@ static void disarm(mr_conn *c) { c->expire = 0; }
 /* The connection's expiry passed. Header timeout, idle timeout, request
  * deadline, unread-body timeout and linger share it; which one it was
  * follows from the connection's state. */
+/* Bytes of queued output the socket has taken so far. */
+static uint64_t sent_bytes(const mr_conn *c) { return c->queued_bytes - c->tcp.write_queue_size; }
+
+static void arm_send(mr_conn *c) {
+  c->sent_mark = sent_bytes(c);
+  arm(c, mr_srv.cfg.idle_timeout_ms);
+}
+
 void conn_timeout(mr_conn *c) {
   c->expire = 0;
+  if (c->writes && sent_bytes(c) > c->sent_mark) {
+    arm_send(c);                     /* a slow reader, but a reader: more time */
+    return;
+  }
   if (c->flags & CONN_SHUTDOWN) {
     conn_close(c, CONN_CLOSE_NOW);   /* linger over, or the last writes are stuck */
   } else if (c->writes) {
@@ -132,7 +144,7 @@ static void write_cb(uv_write_t *req, int status) {
     return;
   }
   mr_request *r = c->req;
-  if (c->writes) arm(c, mr_srv.cfg.idle_timeout_ms);          /* output moves: more time */
+  if (c->writes) arm_send(c);        /* output moves: more time */
   else if (r && (r->flags & REQ_HEAD_SENT) && r->wait != WAIT_BODY) disarm(c);
   if (r && r->wait == WAIT_DRAIN && conn_queued(c) <= CONN_LOW_WATER) runner_wake(r, 0);
 }
@@ -171,8 +183,9 @@ int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
     return rc;
   }
   c->writes++;
-  /* Output the client does not take within --idle-timeout ends the connection. */
-  arm(c, mr_srv.cfg.idle_timeout_ms);
+  c->queued_bytes += off;
+  /* Output the client takes none of for --idle-timeout ends the connection. */
+  arm_send(c);
   return 0;
 }
 
@@ -207,6 +220,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
   }
   /* Keep reading (and discarding) for a moment so unread input does not turn
    * our close into a reset that destroys the response in flight. */
+  c->flags |= CONN_LINGER;
   read_start(c);
   arm(c, LINGER_MS);
 }
@@ -225,7 +239,7 @@ void conn_close(mr_conn *c, int how) {
     uv_shutdown_t *req = malloc(sizeof *req);
     if (req && uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_cb) == 0) {
       c->flags |= CONN_SHUTDOWN;
-      arm(c, mr_srv.cfg.idle_timeout_ms);     /* bounds writes still queued */
+      arm_send(c);                            /* bounds writes still queued */
       return;
     }
     free(req);
@@ -374,8 +388,14 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   mr_conn *c = stream->data;
   if (nread == 0) return;
   if (nread < 0) {
+    if (nread == UV_EOF && (c->flags & CONN_SHUTDOWN) && !(c->flags & CONN_LINGER)) {
+      /* Our shutdown still waits for queued output: shutdown_cb closes. */
+      c->flags |= CONN_READ_EOF;
+      read_stop(c);
+      return;
+    }
     if (nread != UV_EOF || (c->flags & CONN_SHUTDOWN)) {
-      conn_close(c, nread != UV_EOF ? CONN_CLOSE_RESET : CONN_CLOSE_GRACEFUL);
+      conn_close(c, nread != UV_EOF ? CONN_CLOSE_RESET : CONN_CLOSE_NOW);
       return;
     }
     c->flags |= CONN_READ_EOF;

@@ -32,6 +32,7 @@ enum {
   CONN_READING    = 1 << 3,     /* uv_read_start active */
   CONN_PROCESSING = 1 << 4,     /* conn_process is on the stack */
   CONN_BAD        = 1 << 5,     /* an error response was sent; close after it */
+  CONN_LINGER     = 1 << 6,     /* shutdown done: draining input a moment */
 };
 
 /* What made the parser pause: the end of a head (a body follows), the end of
@@ -51,6 +52,8 @@ typedef struct mr_conn {
   uint16_t error_status;        /* status a parser callback chose for bad input */
   unsigned writes;              /* uv_write requests in flight */
   uint64_t expire;              /* loop time (ms) of the next timeout, 0 = none */
+  uint64_t queued_bytes;        /* ever handed to uv_write */
+  uint64_t sent_mark;           /* bytes of those sent when the timeout was armed */
   char remote[46];
 } mr_conn;
 

@@ -362,9 +362,18 @@ end
 -- Clients
 ---------------------------------------------------------------------------
 
+-- opts.rcvbuf: SO_RCVBUF in bytes, set before connecting (so the window
+-- the client advertises stays small): a client that reads slowly, or not at
+-- all, then makes the server's output back up quickly.
 local function connect(port, opts)
   opts = opts or {}
-  local c = assert(socket.tcp())
+  local c
+  if opts.rcvbuf then
+    c = assert(socket.tcp4())
+    assert(c:setoption("recv-buffer-size", opts.rcvbuf))
+  else
+    c = assert(socket.tcp())
+  end
   c:settimeout(opts.connect_timeout or 5)
   local ok, err = c:connect(opts.host or helper.host, port)
   if not ok then
@@ -678,6 +687,25 @@ end
 function Conn:close()
   open_conns[self] = nil
   self.sock:close()
+end
+
+-- Reads until the server closes or `timeout` passes: returns the bytes, how
+-- it ended ("closed" on EOF or reset, "timeout") and the socket error text
+-- (e.g. "connection reset by peer").
+function Conn:read_until_close(timeout)
+  return read_until_close(self.sock, timeout or self.timeout)
+end
+
+-- Half-closes the client's side ("send": the server reads EOF; the client
+-- can still read).
+function Conn:shutdown(how)
+  return self.sock:shutdown(how or "send")
+end
+
+-- Closes with SO_LINGER 0, so the server sees a reset rather than an EOF.
+function Conn:reset()
+  self.sock:setoption("linger", { on = true, timeout = 0 })
+  self:close()
 end
 
 ---------------------------------------------------------------------------
