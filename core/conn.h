@@ -31,7 +31,6 @@ enum {
   CONN_READ_EOF   = 1 << 2,     /* the client will send nothing more */
   CONN_READING    = 1 << 3,     /* uv_read_start active */
   CONN_PROCESSING = 1 << 4,     /* conn_process is on the stack */
-  CONN_BAD        = 1 << 5,     /* an error response was sent; close after it */
   CONN_LINGER     = 1 << 6,     /* shutdown done: draining input a moment */
 };
 

@@ -42,12 +42,11 @@ typedef struct mr_server {
   int draining;                 /* SIGTERM seen: finish in-flight, then exit */
   uint64_t next_request_id;
   char *readbuf;                /* one read slab shared by all connections */
-  int readbuf_busy;
   struct mr_parse *parse_pool;  /* free head-parse states, reused */
   unsigned parse_pool_len;
   int serve_ref;                /* registry: the Lua function a request coroutine runs */
   int app_ref;                  /* registry: the app's handler (the router) */
-  int request_mt_ref;           /* registry: metatable of request handles */
+  int body_mt_ref;              /* registry: metatable of req.body readers */
   int strings_ref;              /* registry: interned hot-path strings (strings.c) */
   int anchors_ref;              /* registry: slots anchoring live requests */
   uv_signal_t sig_term, sig_int;

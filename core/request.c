@@ -236,7 +236,7 @@ void request_start(mr_conn *c, int complete) {
     mr_body *b = lua_newuserdatauv(co, sizeof *b, 0);
     b->slot = r->slot;
     b->gen = r->gen;
-    lua_rawgeti(co, LUA_REGISTRYINDEX, s->request_mt_ref);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, s->body_mt_ref);
     lua_setmetatable(co, -2);
     lua_rawset(co, t);
   }
@@ -286,12 +286,14 @@ void request_body_notify(mr_request *r) {
  * req.body:read("a") → the rest as one string ("" when nothing is left). */
 static int body_read_k(lua_State *L, int status, lua_KContext all);
 
+static int closed(lua_State *L) {
+  lua_pushnil(L);
+  lua_pushliteral(L, "closed");
+  return 2;
+}
+
 static int body_read_now(lua_State *L, mr_request *r, int all) {
-  if (!r) {                                  /* the request is over */
-    lua_pushnil(L);
-    lua_pushliteral(L, "closed");
-    return 2;
-  }
+  if (!r) return closed(L);                  /* the request is over */
   if (runner_current(L) != r)
     return luaL_error(L, "req.body:read() must be called from its own request's coroutine");
   if (r->body.len && (!all || (r->flags & REQ_BODY_DONE))) {
@@ -304,30 +306,21 @@ static int body_read_now(lua_State *L, mr_request *r, int all) {
     else lua_pushnil(L);
     return 1;
   }
-  if (!r->conn) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "closed");
-    return 2;
-  }
+  if (!r->conn) return closed(L);
   runner_check_yieldable(L, "req.body:read()");
   if ((r->flags & REQ_CONTINUE) && !(r->flags & REQ_HEAD_SENT)) {
     r->flags &= ~REQ_CONTINUE;
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
     conn_write(r->conn, &b, 1);
-    if (!r->conn) {
-      lua_pushnil(L);
-      lua_pushliteral(L, "closed");
-      return 2;
-    }
+    if (!r->conn) return closed(L);
   }
   return runner_park(L, r, WAIT_BODY, NULL, NULL, body_read_k, all);
 }
 
 static mr_request *body_request(lua_State *L) {
   mr_body *b = body_check(L, 1);
-  mr_request *r = from_handle((lua_Integer)(((uint64_t)b->gen << 32) | b->slot));
-  return r;
+  return from_handle((lua_Integer)(((uint64_t)b->gen << 32) | b->slot));
 }
 
 static int body_read_k(lua_State *L, int status, lua_KContext all) {
@@ -369,6 +362,6 @@ void request_open(lua_State *L) {
   luaL_setfuncs(L, body_meta, 0);
   luaL_newlib(L, body_methods);
   lua_setfield(L, -2, "__index");
-  mr_srv.request_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  mr_srv.body_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   strings_init(L);
 }

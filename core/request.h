@@ -49,7 +49,7 @@ typedef struct mr_request {
 /* strings.c: interned strings, pushed with lua_rawgeti(L, strings_idx, S_X). */
 enum {
   S_REQUEST_METHOD = 1, S_URI, S_QUERY_STRING, S_HEADERS, S_BODY, S_SCHEME, S_PROTOCOL,
-  S_REMOTE_ADDR, S_SERVER_NAME, S_SERVER_PORT, S_PARAMS, S_ID, S_ROUTE, S_STATUS, S_HTTP,
+  S_REMOTE_ADDR, S_SERVER_NAME, S_SERVER_PORT, S_PARAMS, S_ID, S_STATUS, S_HTTP,
   S_HTTP10, S_HTTP11, S_SLASH, S_COMMA, S_SEMICOLON,
   S__COUNT                      /* method names follow: S__COUNT + llhttp method */
 };

@@ -8,7 +8,7 @@ static const char *const names[S__COUNT] = {
   [S_REQUEST_METHOD] = "request_method", [S_URI] = "uri", [S_QUERY_STRING] = "query_string",
   [S_HEADERS] = "headers", [S_BODY] = "body", [S_SCHEME] = "scheme", [S_PROTOCOL] = "protocol",
   [S_REMOTE_ADDR] = "remote_addr", [S_SERVER_NAME] = "server_name",
-  [S_SERVER_PORT] = "server_port", [S_PARAMS] = "params", [S_ID] = "id", [S_ROUTE] = "route",
+  [S_SERVER_PORT] = "server_port", [S_PARAMS] = "params", [S_ID] = "id",
   [S_STATUS] = "status", [S_HTTP] = "http", [S_HTTP10] = "HTTP/1.0", [S_HTTP11] = "HTTP/1.1",
   [S_SLASH] = "/", [S_COMMA] = ", ", [S_SEMICOLON] = "; ",
 };
