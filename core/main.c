@@ -35,7 +35,7 @@ static const char usage_text[] =
   "  --help                   this text\n"
   "  --version                the version\n"
   "\n"
-  "BYTES accept k and m suffixes (64k, 1m); SEC accepts fractions (0.5).\n";
+  "BYTES accept k, m and g suffixes (64k, 1m); SEC accepts fractions (0.5).\n";
 
 static void usage(FILE *out) { fputs(usage_text, out); }
 
