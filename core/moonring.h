@@ -48,7 +48,6 @@ typedef struct mr_server {
   int app_ref;                  /* registry: the app's handler (the router) */
   int body_mt_ref;              /* registry: metatable of req.body readers */
   int strings_ref;              /* registry: interned hot-path strings (strings.c) */
-  int anchors_ref;              /* registry: slots anchoring live requests */
   uv_signal_t sig_term, sig_int;
   uv_timer_t grace_timer;
   uv_timer_t sweep;             /* checks connection expiry times */

@@ -67,8 +67,8 @@ void request_start(mr_conn *c, int complete);
 void request_body(mr_request *r, const char *p, size_t n);
 /* Wakes a coroutine waiting in req.body:read() if there is news for it. */
 void request_body_notify(mr_request *r);
-/* Drops the registry anchor once both the connection and the coroutine are
- * done with the request; Lua's GC frees it after that. */
+/* Returns the request to the pool once both the connection and the
+ * coroutine are done with it; its handle is stale from then on. */
 void request_release(mr_request *r);
 /* The live request a handle names, or a Lua error. */
 mr_request *request_check(lua_State *L, int idx);
