@@ -192,6 +192,7 @@ int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
 /* ---- closing ---------------------------------------------------------- */
 
 static void log_request(mr_conn *c, mr_request *r, int status) {
+  if (!log_access_enabled()) return;       /* no method lookup per request for nothing */
   mr_parse *ps = c->ps;
   const char *method = llhttp_method_name(llhttp_get_method(&c->parser));
   log_access(c, method, strlen(method), ps ? ps->bytes.data : "", ps ? ps->target_len : 0,

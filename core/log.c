@@ -31,6 +31,8 @@ static void iso_time(char out[32]) {
   strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+int log_access_enabled(void) { return access_file != NULL; }
+
 void log_access(const mr_conn *c, const char *method, size_t mlen,
                 const char *target, size_t tlen, int status, uint64_t bytes,
                 uint64_t start_ns, uint64_t id) {

@@ -107,6 +107,7 @@ int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen);
 
 /* log.c */
 int log_open(const char *access_log);
+int log_access_enabled(void);            /* false with --access-log off */
 void log_access(const struct mr_conn *c, const char *method, size_t mlen,
                 const char *target, size_t tlen, int status, uint64_t bytes,
                 uint64_t start_ns, uint64_t id);

@@ -192,7 +192,7 @@ void request_start(mr_conn *c, int complete) {
   mr_request *r = request_alloc();
   r->conn = c;
   r->id = ++s->next_request_id;
-  r->start_ns = uv_hrtime();
+  if (log_access_enabled()) r->start_ns = uv_hrtime();   /* only the log uses it */
   c->req = r;
 
   int minor = llhttp_get_http_minor(p);
