@@ -1,65 +1,49 @@
-/* conn.c — one client connection: reads into the server's shared slab, feeds
- * the parser, serves one request at a time (so pipelined responses stay in
- * order), writes with try-then-queue, and closes gracefully (shutdown, then
- * drain the client's leftovers for a moment) or by reset. Timeouts are an
- * expiry time per connection, checked by the server's sweep timer (no timer
- * handle per connection). The mr_conn is freed in its socket's close
- * callback; a request still holding it is detached first (req->conn = NULL). */
-#include "runner.h"
+/* conn.c — the transport: accepts a client, reads into the server's shared
+ * slab and hands the bytes up, writes with try-then-queue, and closes
+ * gracefully (shutdown, then drain the client's leftovers for a moment) or by
+ * reset. Timeouts are an expiry time per connection, checked by the server's
+ * sweep timer (no timer handle per connection); a send that makes no
+ * progress is this layer's own timeout, the rest belong to the layer above.
+ * The connection (allocated with the layer above's state around it) is freed
+ * in its socket's close callback, after on_close let go of it. */
+#include "conn.h"
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define READBUF_SIZE  (64 * MR_KIB)
 #define LINGER_MS     2000     /* how long a closing connection drains input */
-#define INPUT_CAP     (64 * MR_KIB)   /* unparsed input kept while a response is pending */
+
+static const mr_conn_events *ev;
+
+void conn_set_events(const mr_conn_events *events) { ev = events; }
+
+int conn_idle(const mr_conn *c) { return ev->idle(c); }
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
-static void conn_process(mr_conn *c, char *data, size_t len);
-static void reject(mr_conn *c, int status);
 
-static void arm(mr_conn *c, uint64_t ms) { c->expire = uv_now(mr_srv.loop) + ms; }
-static void disarm(mr_conn *c) { c->expire = 0; }
+void conn_arm(mr_conn *c, uint64_t ms) { c->expire = ms ? uv_now(mr_srv.loop) + ms : 0; }
 
-/* The connection's expiry passed. Header timeout, idle timeout, request
- * deadline, unread-body timeout and linger share it; which one it was
- * follows from the connection's state. */
 /* Bytes of queued output the socket has taken so far. */
 static uint64_t sent_bytes(const mr_conn *c) { return c->queued_bytes - c->tcp.write_queue_size; }
 
 static void arm_send(mr_conn *c) {
   c->sent_mark = sent_bytes(c);
-  arm(c, mr_srv.cfg.idle_timeout_ms);
+  conn_arm(c, mr_srv.cfg.idle_timeout_ms);
 }
 
-void conn_timeout(mr_conn *c) {
+void conn_expired(mr_conn *c) {
   c->expire = 0;
   if (c->writes && sent_bytes(c) > c->sent_mark) {
     arm_send(c);                     /* a slow reader, but a reader: more time */
-    return;
-  }
-  if (c->flags & CONN_SHUTDOWN) {
+  } else if (c->flags & CONN_SHUTDOWN) {
     conn_close(c, CONN_CLOSE_NOW);   /* linger over, or the last writes are stuck */
   } else if (c->writes) {
     conn_close(c, CONN_CLOSE_RESET); /* the client stopped reading our output */
-  } else if (c->req && (c->req->flags & REQ_ENDED)) {
-    conn_close(c, CONN_CLOSE_RESET); /* the rest of an unread body stopped coming */
-  } else if (c->req && (c->req->flags & REQ_HEAD_SENT)) {
-    /* a handler streaming its response while it reads a body that stopped coming */
-    if (c->req->wait == WAIT_BODY) conn_close(c, CONN_CLOSE_RESET);
-  } else if (c->req) {
-    mr_request *r = c->req;          /* request deadline */
-    log_error("request %llu: no response within %.3gs: 504, handler cancelled",
-              (unsigned long long)r->id, mr_srv.cfg.request_timeout_ms / 1000.0);
-    runner_cancel(r);
-    r->status = 504;
-    r->flags |= REQ_HEAD_SENT | REQ_RESP_DONE;
-    response_simple(c, 504, "Gateway Timeout\n", r->flags);
-    conn_request_ended(c);
-  } else if (c->ps) {
-    reject(c, 408);
   } else {
-    conn_close(c, CONN_CLOSE_NOW);   /* idle keep-alive, or connected and silent */
+    ev->on_expired(c);
   }
 }
 
@@ -80,6 +64,27 @@ static void read_stop(mr_conn *c) {
   c->flags &= ~CONN_READING;
 }
 
+void conn_hold(mr_conn *c) {
+  c->flags |= CONN_HELD;
+  read_stop(c);
+}
+
+void conn_release(mr_conn *c) {
+  c->flags &= ~CONN_HELD;
+  read_start(c);
+}
+
+/* TCP_INFO tells whether a reset arrived while we were not reading. */
+void conn_check_reset(mr_conn *c) {
+  if (!(c->flags & CONN_HELD) || (c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) return;
+  uv_os_fd_t fd;
+  struct tcp_info info;
+  socklen_t len = sizeof info;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 &&
+      getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && info.tcpi_state == TCP_CLOSE)
+    conn_close(c, CONN_CLOSE_RESET);
+}
+
 static void close_cb(uv_handle_t *h) {
   mr_conn *c = h->data;
   mr_server *s = &mr_srv;
@@ -91,7 +96,7 @@ static void close_cb(uv_handle_t *h) {
 }
 
 void conn_accept(mr_server *s) {
-  mr_conn *c = calloc(1, sizeof *c);
+  mr_conn *c = calloc(1, ev->size);
   if (!c) return;
   uv_tcp_init(s->loop, &c->tcp);
   c->tcp.data = c;
@@ -100,6 +105,7 @@ void conn_accept(mr_server *s) {
   s->conns = c;
   s->nconns++;
   if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) < 0) {
+    c->flags |= CONN_GONE;                   /* the layer above never saw it */
     conn_close(c, CONN_CLOSE_NOW);
     return;
   }
@@ -113,15 +119,8 @@ void conn_accept(mr_server *s) {
     else
       uv_ip4_name((struct sockaddr_in *)&peer, c->remote, sizeof c->remote);
   }
-  parser_init(c);
-  if (s->nconns > s->cfg.max_connections) {
-    log_error("%u connections: over --max-connections, answering 503", s->nconns);
-    response_simple(c, 503, "Service Unavailable\n", 0);
-    conn_close(c, CONN_CLOSE_GRACEFUL);
-    return;
-  }
   read_start(c);
-  arm(c, s->cfg.header_timeout_ms);
+  ev->on_open(c);
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -132,8 +131,6 @@ typedef struct write_req {
   char data[];
 } write_req;
 
-size_t conn_queued(const mr_conn *c) { return c->tcp.write_queue_size; }
-
 static void write_cb(uv_write_t *req, int status) {
   mr_conn *c = req->handle->data;
   free(req);
@@ -143,10 +140,8 @@ static void write_cb(uv_write_t *req, int status) {
     conn_close(c, CONN_CLOSE_RESET);
     return;
   }
-  mr_request *r = c->req;
   if (c->writes) arm_send(c);        /* output moves: more time */
-  else if (r && (r->flags & REQ_HEAD_SENT) && r->wait != WAIT_BODY) disarm(c);
-  if (r && r->wait == WAIT_DRAIN && conn_queued(c) <= CONN_LOW_WATER) runner_wake(r, 0);
+  if (!(c->flags & CONN_GONE)) ev->on_drained(c);
 }
 
 int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
@@ -191,26 +186,6 @@ int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
 
 /* ---- closing ---------------------------------------------------------- */
 
-static void log_request(mr_conn *c, mr_request *r, int status) {
-  if (!log_access_enabled()) return;       /* no method lookup per request for nothing */
-  mr_parse *ps = c->ps;
-  const char *method = llhttp_method_name(llhttp_get_method(&c->parser));
-  log_access(c, method, strlen(method), ps ? ps->bytes.data : "", ps ? ps->target_len : 0,
-             status, r->bytes_out, r->start_ns, r->id);
-}
-
-/* Gives the request up: from now on it is Lua's alone. */
-static void detach_request(mr_conn *c) {
-  mr_request *r = c->req;
-  if (!r) return;
-  /* 499 (nginx's "client closed request") when no status went out */
-  log_request(c, r, (r->flags & REQ_HEAD_SENT) ? r->status : 499);
-  c->req = NULL;
-  r->conn = NULL;
-  if (!(r->flags & REQ_ENDED)) runner_cancel(r);
-  request_release(r);
-}
-
 static void shutdown_cb(uv_shutdown_t *req, int status) {
   mr_conn *c = req->handle->data;
   free(req);
@@ -222,17 +197,18 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
   /* Keep reading (and discarding) for a moment so unread input does not turn
    * our close into a reset that destroys the response in flight. */
   c->flags |= CONN_LINGER;
+  c->flags &= ~CONN_HELD;
   read_start(c);
-  arm(c, LINGER_MS);
+  conn_arm(c, LINGER_MS);
 }
 
 void conn_close(mr_conn *c, int how) {
   if (c->flags & CONN_CLOSING) return;
-  detach_request(c);
-  parser_release(c);
-  free(c->in);
-  c->in = NULL;
-  c->in_len = 0;
+  if (!(c->flags & CONN_GONE)) {
+    c->flags |= CONN_GONE;
+    ev->on_close(c);
+    if (c->flags & CONN_CLOSING) return;     /* on_close closed it harder */
+  }
   /* Even after the client's EOF: the shutdown waits for queued writes, which
    * a plain close would cancel (a half-closed client still reads). */
   if (how == CONN_CLOSE_GRACEFUL && !(c->flags & CONN_SHUTDOWN) &&
@@ -247,143 +223,13 @@ void conn_close(mr_conn *c, int how) {
   }
   c->flags |= CONN_CLOSING;
   read_stop(c);
-  if (how == CONN_CLOSE_RESET && !(c->flags & CONN_SHUTDOWN))
-    uv_tcp_close_reset(&c->tcp, close_cb);
-  else
-    uv_close((uv_handle_t *)&c->tcp, close_cb);
-}
-
-/* ---- requests --------------------------------------------------------- */
-
-void conn_start_deadline(mr_conn *c) {
-  if (!c->expire) arm(c, mr_srv.cfg.request_timeout_ms);
-}
-
-void conn_start_body_wait(mr_conn *c) {
-  if (!c->expire) arm(c, mr_srv.cfg.idle_timeout_ms);
-}
-
-void conn_response_started(mr_conn *c) { disarm(c); }
-
-/* The request's coroutine is done and its message fully read: log it, then
- * keep the connection for the next request or close it. */
-static void finish_request(mr_conn *c) {
-  mr_request *r = c->req;
-  /* After the client's EOF, input already received (pipelined) is still
-   * served: in c->in, or in conn_process's hands when it is running, which
-   * then closes the connection once that input is used up. */
-  int keep = (r->flags & REQ_KEEP_ALIVE) && !mr_srv.draining &&
-             !((c->flags & CONN_READ_EOF) && !c->in_len && !(c->flags & CONN_PROCESSING));
-  detach_request(c);
-  parser_release(c);
-  if (!keep) {
-    conn_close(c, CONN_CLOSE_GRACEFUL);
+  if (how == CONN_CLOSE_RESET && !(c->flags & CONN_SHUTDOWN) &&
+      uv_tcp_close_reset(&c->tcp, close_cb) == 0)
     return;
-  }
-  arm(c, mr_srv.cfg.idle_timeout_ms);
-  read_start(c);
-  if (!(c->flags & CONN_PROCESSING) && c->in_len) {
-    char *data = c->in;
-    size_t len = c->in_len;
-    c->in = NULL;
-    c->in_len = 0;
-    conn_process(c, data, len);
-    free(data);
-  }
-  if ((c->flags & (CONN_READ_EOF | CONN_PROCESSING)) == CONN_READ_EOF && !c->req)
-    conn_close(c, CONN_CLOSE_GRACEFUL);
+  uv_close((uv_handle_t *)&c->tcp, close_cb);
 }
 
-void conn_request_ended(mr_conn *c) {
-  if (c->req && (c->req->flags & REQ_MSG_DONE)) {
-    finish_request(c);
-  } else {
-    /* The rest of the body is still arriving: it is read and dropped, the
-     * message's end finishes the request, and a client that stops sending
-     * it is closed after --header-timeout. */
-    arm(c, mr_srv.cfg.header_timeout_ms);
-  }
-}
-
-/* Bad input: answer `status` (unless the response already started, then
- * reset) and close. The request being served, if any, is cancelled. */
-static void reject(mr_conn *c, int status) {
-  mr_request *r = c->req;
-  if (r && (r->flags & REQ_HEAD_SENT)) {
-    /* a complete response is let out; a partial one is cut visibly */
-    conn_close(c, (r->flags & REQ_RESP_DONE) ? CONN_CLOSE_GRACEFUL : CONN_CLOSE_RESET);
-    return;
-  }
-  if (r) {
-    r->status = status;
-    r->flags |= REQ_HEAD_SENT | REQ_RESP_DONE;
-  } else if (c->ps) {                /* refused before a request existed */
-    const char *method = llhttp_method_name(llhttp_get_method(&c->parser));
-    log_access(c, method, strlen(method), c->ps->bytes.data, c->ps->target_len, status, 0,
-               uv_hrtime(), 0);
-  }
-  char body[64];
-  snprintf(body, sizeof body, "%s\n", response_reason(status));
-  response_simple(c, status, body, 0);
-  conn_close(c, CONN_CLOSE_GRACEFUL);
-}
-
-/* Feeds `data` to the parser until it is used up or a request must finish
- * before the next one may start; keeps the rest in c->in. Lua runs here only
- * between llhttp_execute calls, never inside a parser callback. */
-static void conn_process(mr_conn *c, char *data, size_t len) {
-  c->flags |= CONN_PROCESSING;
-  /* After the pause at the end of a head the parser may have work left that
-   * needs no input, so it runs once more even when len is 0. */
-  int resumed = 0;
-  while ((len > 0 || resumed) && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
-    resumed = 0;
-    if (c->req && (c->req->flags & REQ_MSG_DONE)) break;   /* pipelined: wait */
-    if (!c->ps && !c->req && len) arm(c, mr_srv.cfg.header_timeout_ms);   /* a new head */
-    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-    size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
-    data += used;
-    len -= used;
-    if (err == HPE_PAUSED) {
-      llhttp_resume(&c->parser);
-      uint8_t ev = c->event;
-      c->event = CONN_EV_NONE;
-      resumed = ev == CONN_EV_HEADERS;
-      if (ev == CONN_EV_HEADERS || ev == CONN_EV_WHOLE) {
-        disarm(c);
-        request_start(c, ev == CONN_EV_WHOLE);
-      } else if (ev == CONN_EV_MESSAGE && c->req) {
-        request_body_notify(c->req);
-        if (c->req && (c->req->flags & REQ_ENDED)) finish_request(c);
-      }
-    } else if (err == HPE_PAUSED_UPGRADE) {
-      /* CONNECT or Upgrade: not served here; the request gets its answer
-       * and the connection closes after it. */
-      if (c->req) c->req->flags &= ~REQ_KEEP_ALIVE;
-      len = 0;
-    } else if (err != HPE_OK) {
-      reject(c, parser_error_status(c, err));
-      break;
-    } else if (c->req) {
-      request_body_notify(c->req);
-    }
-  }
-  c->flags &= ~CONN_PROCESSING;
-  if ((c->flags & CONN_READ_EOF) && !c->req && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
-    conn_close(c, CONN_CLOSE_GRACEFUL);      /* the client sent its last request */
-    return;
-  }
-  if (len && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN))) {
-    char *in = malloc(c->in_len + len);
-    if (!in) { conn_close(c, CONN_CLOSE_RESET); return; }
-    memcpy(in + c->in_len, data, len);
-    if (c->in_len) memcpy(in, c->in, c->in_len);
-    free(c->in);
-    c->in = in;
-    c->in_len += len;
-    if (c->in_len > INPUT_CAP) read_stop(c);   /* resumes when the request finishes */
-  }
-}
+/* ---- reading ---------------------------------------------------------- */
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   mr_conn *c = stream->data;
@@ -401,29 +247,9 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     }
     c->flags |= CONN_READ_EOF;
     read_stop(c);
-    /* A request whose body can no longer arrive cannot be served; one whose
-     * message is complete finishes, then the connection closes. */
-    if (!c->req || !(c->req->flags & REQ_MSG_DONE)) conn_close(c, CONN_CLOSE_GRACEFUL);
+    ev->on_eof(c);
     return;
   }
   if (c->flags & CONN_SHUTDOWN) return;           /* lingering: drop input */
-  if (c->in_len || (c->req && (c->req->flags & REQ_MSG_DONE))) {
-    /* A response is pending: queue the bytes behind what is waiting. */
-    char *in = realloc(c->in, c->in_len + (size_t)nread);
-    if (!in) { conn_close(c, CONN_CLOSE_RESET); return; }
-    memcpy(in + c->in_len, buf->base, (size_t)nread);
-    c->in = in;
-    c->in_len += (size_t)nread;
-    if (c->in_len > INPUT_CAP) read_stop(c);
-    if (!(c->req && (c->req->flags & REQ_MSG_DONE)) && !(c->flags & CONN_PROCESSING)) {
-      char *data = c->in;
-      size_t len = c->in_len;
-      c->in = NULL;
-      c->in_len = 0;
-      conn_process(c, data, len);
-      free(data);
-    }
-    return;
-  }
-  conn_process(c, buf->base, (size_t)nread);
+  ev->on_data(c, buf->base, (size_t)nread);
 }

@@ -1,8 +1,9 @@
 /* lmoonring.c — the `moonring.core` module (the C half of `require
- * "moonring"`) and the worker's Lua state: package.path, the serve loop and
- * the app handler, all loaded under lua_pcall so a bad app is an error
- * message, never a crash. Each capability's functions live in its own file
- * (response.c, sleep.c) and are gathered here. */
+ * "moonring"`) and the worker's Lua state: package.path, the coroutine
+ * library wrapper, the serve function and the app handler, all loaded under
+ * lua_pcall so a bad app is an error message, never a crash. Each
+ * capability's functions live in its own file (request.c, response.c,
+ * stream.c, timer.c, channel.c, spawn.c, promise.c) and are gathered here. */
 #include "request.h"
 #include <lauxlib.h>
 #include <lualib.h>
@@ -69,8 +70,14 @@ static const luaL_Reg core_funcs[] = {
 static int luaopen_moonring_core(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, core_funcs, 0);
+  luaL_setfuncs(L, request_funcs, 0);
   luaL_setfuncs(L, response_funcs, 0);
-  luaL_setfuncs(L, sleep_funcs, 0);
+  luaL_setfuncs(L, stream_funcs, 0);
+  luaL_setfuncs(L, timer_funcs, 0);
+  luaL_setfuncs(L, channel_funcs, 0);
+  luaL_setfuncs(L, spawn_funcs, 0);
+  luaL_setfuncs(L, promise_funcs, 0);
+  luaL_setfuncs(L, task_funcs, 0);
   lua_pushliteral(L, MOONRING_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushboolean(L, mr_srv.cfg.dev);
@@ -100,7 +107,15 @@ static int load_all(lua_State *L) {
   lua_setfield(L, -2, "moonring.core");
   lua_pop(L, 2);
 
+  task_init(L);
   request_open(L);
+  body_open(L);
+  stream_open(L);
+  timer_open(L);
+  channel_open(L);
+  spawn_open(L);
+  promise_open(L);
+  coro_open(L);
 
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moonring.serve");
@@ -117,6 +132,12 @@ static int load_all(lua_State *L) {
   return 0;
 }
 
+/* The server has drained: tasks still running stop at their next wait. */
+static void stop_tasks(void) {
+  spawn_cancel_all();
+  task_run();
+}
+
 int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen) {
   lua_State *L = lua_newstate(mr_lua_alloc, NULL);
   if (!L) {
@@ -125,10 +146,11 @@ int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen) {
   }
   s->L = L;
   lua_atpanic(L, panic);
-  *(mr_request **)lua_getextraspace(L) = NULL;
+  *(void **)lua_getextraspace(L) = NULL;   /* coroutines copy it: NULL = the user's */
   luaL_openlibs(L);
   lua_gc(L, LUA_GCGEN, 0, 0);
 
+  s->on_stopped = stop_tasks;
   lua_pushcfunction(L, load_all);
   lua_pushstring(L, lua_dir);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {

@@ -1,7 +1,7 @@
 /* log.c — the access log (buffered, flushed once per loop iteration by the
  * server's check handle) and the error log (stderr, unbuffered), plus the
  * cached HTTP Date value. Owns the access log FILE. */
-#include "conn.h"
+#include "moonring.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -33,16 +33,15 @@ static void iso_time(char out[32]) {
 
 int log_access_enabled(void) { return access_file != NULL; }
 
-void log_access(const mr_conn *c, const char *method, size_t mlen,
-                const char *target, size_t tlen, int status, uint64_t bytes,
+void log_access(const char *remote, const char *method, size_t mlen, const char *target,
+                size_t tlen, int major, int minor, int status, uint64_t bytes,
                 uint64_t start_ns, uint64_t id) {
   if (!access_file) return;
   char when[32];
   iso_time(when);
   double ms = (double)(uv_hrtime() - start_ns) / 1e6;
-  fprintf(access_file, "%s %s \"%.*s %.*s HTTP/%d.%d\" %d %llu %.3fms id=%llu\n", when, c->remote,
-          (int)mlen, method, (int)tlen, target, llhttp_get_http_major((llhttp_t *)&c->parser),
-          llhttp_get_http_minor((llhttp_t *)&c->parser), status, (unsigned long long)bytes, ms,
+  fprintf(access_file, "%s %s \"%.*s %.*s HTTP/%d.%d\" %d %llu %.3fms id=%llu\n", when, remote,
+          (int)mlen, method, (int)tlen, target, major, minor, status, (unsigned long long)bytes, ms,
           (unsigned long long)id);
   access_dirty = 1;
 }
@@ -54,17 +53,28 @@ void log_flush(void) {
   }
 }
 
-void log_error(const char *fmt, ...) {
+static void log_line(const char *level, const char *fmt, va_list ap) {
   log_flush();                  /* keep the two logs in order when both go to stderr */
   char when[32];
   iso_time(when);
   char line[8192];
+  vsnprintf(line, sizeof line, fmt, ap);
+  fprintf(stderr, "%s [%s] %s\n", when, level, line);
+  fflush(stderr);                 /* stderr may be the fully buffered access log */
+}
+
+void log_error(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
+  log_line("error", fmt, ap);
   va_end(ap);
-  fprintf(stderr, "%s [error] %s\n", when, line);
-  fflush(stderr);                 /* stderr may be the fully buffered access log */
+}
+
+void log_warn(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  log_line("warn", fmt, ap);
+  va_end(ap);
 }
 
 const char *log_http_date(void) {

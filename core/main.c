@@ -1,7 +1,7 @@
 /* main.c — the command line: parses options into the config (every limit has
  * its default here), finds the Lua library, loads the app, binds, runs the
  * loop until a drain finishes, and frees what is left. */
-#include "runner.h"
+#include "request.h"
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -31,6 +31,12 @@ static const char usage_text[] =
   "  --idle-timeout SEC       keep-alive connection without a request (default 60)\n"
   "  --request-timeout SEC    time for a response to start (default 60; 504)\n"
   "  --max-connections N      open connections (default 16384; over: 503)\n"
+  "  --max-inflight N         requests being handled at once (default 10000;\n"
+  "                           over: 503 with Retry-After)\n"
+  "  --write-buffer BYTES     output queued per connection before a streaming\n"
+  "                           writer waits (default 64k)\n"
+  "  --cpu-budget SEC         Lua run without waiting before a task is stopped\n"
+  "                           with \"cpu budget exceeded\" (default 1; 0: none)\n"
   "  --grace SEC              SIGTERM/SIGINT drain bound (default 10)\n"
   "  --help                   this text\n"
   "  --version                the version\n"
@@ -52,13 +58,14 @@ static int parse_bytes(const char *s, size_t *out) {
   return 0;
 }
 
-static int parse_seconds(const char *s, uint64_t *ms) {
+/* Seconds as milliseconds; 0 only when `zero_ok` (for "no limit"). */
+static int parse_seconds(const char *s, uint64_t *ms, int zero_ok) {
   char *end;
   errno = 0;
   double v = strtod(s, &end);
-  if (end == s || *end || errno || v <= 0 || v > 1e9) return -1;
+  if (end == s || *end || errno || v < 0 || (v == 0 && !zero_ok) || v > 1e9) return -1;
   *ms = (uint64_t)(v * 1000.0 + 0.5);
-  if (*ms == 0) *ms = 1;
+  if (*ms == 0 && v > 0) *ms = 1;
   return 0;
 }
 
@@ -111,7 +118,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 
 enum { OPT_HOST = 256, OPT_PORT, OPT_DEV, OPT_ACCESS_LOG, OPT_MAX_HEADER, OPT_MAX_BODY,
        OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_MAX_CONN, OPT_GRACE,
-       OPT_HELP, OPT_VERSION };
+       OPT_MAX_INFLIGHT, OPT_WRITE_BUFFER, OPT_CPU_BUDGET, OPT_HELP, OPT_VERSION };
 
 int main(int argc, char **argv) {
   mr_config *cfg = &mr_srv.cfg;
@@ -126,7 +133,10 @@ int main(int argc, char **argv) {
     .idle_timeout_ms = 60000,
     .request_timeout_ms = 60000,
     .grace_ms = 10000,
+    .cpu_budget_ms = 1000,
+    .write_buffer = 64 * MR_KIB,
     .max_connections = 16384,
+    .max_inflight = 10000,
   };
   static const struct option opts[] = {
     {"host", required_argument, 0, OPT_HOST},
@@ -140,6 +150,9 @@ int main(int argc, char **argv) {
     {"request-timeout", required_argument, 0, OPT_REQUEST_TIMEOUT},
     {"max-connections", required_argument, 0, OPT_MAX_CONN},
     {"grace", required_argument, 0, OPT_GRACE},
+    {"max-inflight", required_argument, 0, OPT_MAX_INFLIGHT},
+    {"write-buffer", required_argument, 0, OPT_WRITE_BUFFER},
+    {"cpu-budget", required_argument, 0, OPT_CPU_BUDGET},
     {"help", no_argument, 0, OPT_HELP},
     {"version", no_argument, 0, OPT_VERSION},
     {0, 0, 0, 0},
@@ -165,16 +178,27 @@ int main(int argc, char **argv) {
       if (parse_bytes(optarg, &cfg->max_body_size)) bad = "--max-body-size expects a size";
       break;
     case OPT_HEADER_TIMEOUT:
-      if (parse_seconds(optarg, &cfg->header_timeout_ms)) bad = "--header-timeout expects seconds";
+      if (parse_seconds(optarg, &cfg->header_timeout_ms, 0)) bad = "--header-timeout expects seconds";
       break;
     case OPT_IDLE_TIMEOUT:
-      if (parse_seconds(optarg, &cfg->idle_timeout_ms)) bad = "--idle-timeout expects seconds";
+      if (parse_seconds(optarg, &cfg->idle_timeout_ms, 0)) bad = "--idle-timeout expects seconds";
       break;
     case OPT_REQUEST_TIMEOUT:
-      if (parse_seconds(optarg, &cfg->request_timeout_ms)) bad = "--request-timeout expects seconds";
+      if (parse_seconds(optarg, &cfg->request_timeout_ms, 0)) bad = "--request-timeout expects seconds";
       break;
     case OPT_GRACE:
-      if (parse_seconds(optarg, &cfg->grace_ms)) bad = "--grace expects seconds";
+      if (parse_seconds(optarg, &cfg->grace_ms, 0)) bad = "--grace expects seconds";
+      break;
+    case OPT_CPU_BUDGET:
+      if (parse_seconds(optarg, &cfg->cpu_budget_ms, 1)) bad = "--cpu-budget expects seconds (0: no budget)";
+      break;
+    case OPT_WRITE_BUFFER:
+      if (parse_bytes(optarg, &cfg->write_buffer) || cfg->write_buffer < 1024)
+        bad = "--write-buffer expects a size of at least 1k";
+      break;
+    case OPT_MAX_INFLIGHT:
+      if (parse_int(optarg, 1, 10000000, &v)) bad = "--max-inflight expects a positive number";
+      cfg->max_inflight = (unsigned)v;
       break;
     case OPT_MAX_CONN:
       if (parse_int(optarg, 1, 10000000, &v)) bad = "--max-connections expects a positive number";
@@ -218,7 +242,13 @@ int main(int argc, char **argv) {
     lua_close(mr_srv.L);
     return 1;
   }
+  if (budget_start(cfg->cpu_budget_ms) < 0) {
+    fprintf(stderr, "moonring: cannot start the CPU budget watchdog\n");
+    lua_close(mr_srv.L);
+    return 1;
+  }
   uv_run(mr_srv.loop, UV_RUN_DEFAULT);
+  budget_stop();
 
   /* Drained: every connection is closed. Free the rest so leak checkers see
    * a clean exit. */
@@ -226,16 +256,13 @@ int main(int argc, char **argv) {
   uv_walk(mr_srv.loop, close_walk_cb, NULL);
   uv_run(mr_srv.loop, UV_RUN_DEFAULT);
   uv_loop_close(mr_srv.loop);
-  while (mr_srv.parse_pool) {
-    mr_parse *ps = mr_srv.parse_pool;
-    mr_srv.parse_pool = ps->next;
-    mr_buf_free(&ps->bytes);
-    free(ps);
-  }
+  parser_pool_free();
+  head_free();
   free(mr_srv.readbuf);
   mr_lua_alloc_release();
   request_pool_free();
-  runner_free();
+  spawn_pool_free();
+  task_free_all();
   log_flush();
   return 0;
 }

@@ -1,7 +1,8 @@
 /* moonring.h — the cross-file API of the core: configuration, the server
- * (one per worker process: one libuv loop, one lua_State) and the small
- * growable buffer every module uses. Each module's own types live in its
- * header (conn.h, request.h, runner.h). */
+ * (one per worker process: one libuv loop, one lua_State), the small growable
+ * buffer every module uses, and logging. Each layer's own types live in its
+ * header: conn.h (transport), http.h (HTTP), request.h and task.h (the Lua
+ * bridge). */
 #ifndef MOONRING_H
 #define MOONRING_H
 
@@ -21,11 +22,14 @@ typedef struct mr_config {
   const char *app;              /* a route directory or a single Lua file */
   size_t max_header_size;       /* request line + headers; over it: 431 */
   size_t max_body_size;         /* over it: 413 */
+  size_t write_buffer;          /* output queued per connection before a writer parks */
   uint64_t header_timeout_ms;   /* head not complete in time: 408 */
   uint64_t idle_timeout_ms;     /* keep-alive connection without a request */
   uint64_t request_timeout_ms;  /* response not started in time: 504 */
   uint64_t grace_ms;            /* SIGTERM drain bound */
+  uint64_t cpu_budget_ms;       /* Lua run without yielding before it is stopped */
   unsigned max_connections;     /* over it: 503 and close */
+  unsigned max_inflight;        /* requests being handled; over it: 503 + Retry-After */
 } mr_config;
 
 struct mr_conn;
@@ -39,15 +43,16 @@ typedef struct mr_server {
   int port;                     /* the bound port (the real one for --port 0) */
   struct mr_conn *conns;        /* every open connection, doubly linked */
   unsigned nconns;
+  unsigned inflight;            /* requests started and not finished (http.c) */
   int draining;                 /* SIGTERM seen: finish in-flight, then exit */
   uint64_t next_request_id;
   char *readbuf;                /* one read slab shared by all connections */
   struct mr_parse *parse_pool;  /* free head-parse states, reused */
   unsigned parse_pool_len;
-  int serve_ref;                /* registry: the Lua function a request coroutine runs */
+  int serve_ref;                /* registry: the Lua function a request's main task runs */
   int app_ref;                  /* registry: the app's handler (the router) */
-  int body_mt_ref;              /* registry: metatable of req.body readers */
   int strings_ref;              /* registry: interned hot-path strings (strings.c) */
+  void (*on_stopped)(void);     /* drained: the bridge stops every task still running */
   uv_signal_t sig_term, sig_int;
   uv_timer_t grace_timer;
   uv_timer_t sweep;             /* checks connection expiry times */
@@ -74,6 +79,10 @@ static inline void mr_buf_append(mr_buf *b, const void *p, size_t n) {
 }
 void mr_buf_free(mr_buf *b);
 #define mr_buf_lit(b, s) mr_buf_append((b), (s), sizeof(s) - 1)
+
+/* Out of memory outside Lua (which raises its own error): nothing sane is
+ * left to do. */
+void mr_oom(void) __attribute__((noreturn));
 
 /* RFC 9110 token: what a header field name may be made of. */
 static inline int mr_is_token(const char *s, size_t n) {
@@ -108,10 +117,11 @@ int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen);
 /* log.c */
 int log_open(const char *access_log);
 int log_access_enabled(void);            /* false with --access-log off */
-void log_access(const struct mr_conn *c, const char *method, size_t mlen,
-                const char *target, size_t tlen, int status, uint64_t bytes,
+void log_access(const char *remote, const char *method, size_t mlen, const char *target,
+                size_t tlen, int major, int minor, int status, uint64_t bytes,
                 uint64_t start_ns, uint64_t id);
 void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_flush(void);
 const char *log_http_date(void);        /* "Sun, 22 Nov 2026 04:14:44 GMT", cached per second */
 

@@ -1,8 +1,9 @@
 /* parser.c — llhttp glue. Callbacks copy the target and headers of the
  * request being parsed into an mr_parse (taken from a small pool), enforce
- * the head and body limits, and pause the parser at the end of the head and
- * of the message so that conn_process, not a callback, runs Lua. */
-#include "request.h"
+ * the head and body limits, hand body bytes to the exchange, and pause the
+ * parser at the end of the head and of the message so that http.c, not a
+ * callback, starts requests (no Lua ever runs inside a parser callback). */
+#include "http.h"
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -12,20 +13,21 @@
 enum { H_NONE, H_FIELD, H_VALUE };
 
 static llhttp_settings_t settings;
+static const mr_http_events *hev;
 
-static int fail(mr_conn *c, int status) {
+static int fail(mr_http *c, int status) {
   c->error_status = (uint16_t)status;
   return HPE_USER;
 }
 
-static int count_head(mr_conn *c, size_t n, int status) {
+static int count_head(mr_http *c, size_t n, int status) {
   mr_parse *ps = c->ps;
   ps->head_bytes += n;
   return ps->head_bytes > mr_srv.cfg.max_header_size ? fail(c, status) : 0;
 }
 
 static int on_message_begin(llhttp_t *p) {
-  mr_conn *c = p->data;
+  mr_http *c = p->data;
   mr_server *s = &mr_srv;
   mr_parse *ps = s->parse_pool;
   if (ps) {
@@ -40,13 +42,14 @@ static int on_message_begin(llhttp_t *p) {
   ps->nhdr = 0;
   ps->in_value = H_NONE;
   ps->head_bytes = 0;
+  ps->body_bytes = 0;
   c->ps = ps;
   c->error_status = 0;
   return 0;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t n) {
-  mr_conn *c = p->data;
+  mr_http *c = p->data;
   if (count_head(c, n, 414)) return HPE_USER;
   mr_buf_append(&c->ps->bytes, at, n);
   c->ps->target_len += (uint32_t)n;
@@ -54,7 +57,7 @@ static int on_url(llhttp_t *p, const char *at, size_t n) {
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t n) {
-  mr_conn *c = p->data;
+  mr_http *c = p->data;
   mr_parse *ps = c->ps;
   if (count_head(c, n, 431)) return HPE_USER;
   if (ps->in_value != H_FIELD) {
@@ -69,7 +72,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n) {
-  mr_conn *c = p->data;
+  mr_http *c = p->data;
   mr_parse *ps = c->ps;
   if (count_head(c, n, 431)) return HPE_USER;
   if (ps->in_value != H_VALUE) {
@@ -85,14 +88,14 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n) {
 /* llhttp 8 lets "Host : x" through; RFC 9112 5.1 says reject it (a
  * smuggling vector), so every field name must be a token. */
 static int on_header_field_complete(llhttp_t *p) {
-  mr_conn *c = p->data;
+  mr_http *c = p->data;
   mr_parse *ps = c->ps;
   mr_hpair *h = &ps->hdr[ps->nhdr];
   return mr_is_token(ps->bytes.data + h->name_off, h->name_len) ? 0 : fail(c, 400);
 }
 
 static int on_header_value_complete(llhttp_t *p) {
-  mr_conn *c = p->data;
+  mr_http *c = p->data;
   mr_parse *ps = c->ps;
   if (ps->in_value != H_VALUE) {            /* empty value: no data callback */
     ps->hdr[ps->nhdr].value_off = (uint32_t)ps->bytes.len;
@@ -105,7 +108,7 @@ static int on_header_value_complete(llhttp_t *p) {
 
 /* RFC 9112 6.1: the final coding of a request must be chunked (else 400);
  * a coding we cannot decode gets 501. */
-static int check_transfer_encoding(mr_conn *c) {
+static int check_transfer_encoding(mr_http *c) {
   mr_parse *ps = c->ps;
   for (unsigned i = 0; i < ps->nhdr; i++) {
     mr_hpair *h = &ps->hdr[i];
@@ -130,7 +133,7 @@ static int check_transfer_encoding(mr_conn *c) {
 }
 
 /* HTTP/1.1 requires exactly one Host header (RFC 9112 3.2). */
-static int check_host(mr_conn *c, llhttp_t *p) {
+static int check_host(mr_http *c, llhttp_t *p) {
   mr_parse *ps = c->ps;
   unsigned hosts = 0;
   for (unsigned i = 0; i < ps->nhdr; i++)
@@ -140,7 +143,7 @@ static int check_host(mr_conn *c, llhttp_t *p) {
 }
 
 static int on_headers_complete(llhttp_t *p) {
-  mr_conn *c = p->data;
+  mr_http *c = p->data;
   int status = p->http_major != 1 ? 505 : check_host(c, p);
   if (!status) status = check_transfer_encoding(c);
   if (status) {
@@ -151,31 +154,36 @@ static int on_headers_complete(llhttp_t *p) {
     c->error_status = 413;
     return -1;
   }
-  c->event = CONN_EV_HEADERS;
+  c->event = HTTP_EV_HEADERS;
   /* Without a body the message ends right here: start the request at its
    * end instead, one pause (and one llhttp_execute) fewer. */
   int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
   return has_body ? HPE_PAUSED : 0;
 }
 
+/* Body bytes go straight to the exchange's buffer (no Lua runs: a reader
+ * waiting for them is only queued to run). */
 static int on_body(llhttp_t *p, const char *at, size_t n) {
-  mr_conn *c = p->data;
-  mr_request *r = c->req;
-  if (!r) return 0;
-  r->body_total += n;
-  if (r->body_total > mr_srv.cfg.max_body_size) return fail(c, 413);
-  if (!(r->flags & REQ_ENDED)) request_body(r, at, n);
+  mr_http *c = p->data;
+  c->ps->body_bytes += n;
+  if (c->ps->body_bytes > mr_srv.cfg.max_body_size) return fail(c, 413);
+  if (c->ex) {
+    c->hflags &= ~H_BODY_WAIT;
+    hev->on_body(c->ex, at, n);
+  }
   return 0;
 }
 
 static int on_message_complete(llhttp_t *p) {
-  mr_conn *c = p->data;
-  if (c->req) c->req->flags |= REQ_MSG_DONE | REQ_BODY_DONE;
-  c->event = c->event == CONN_EV_HEADERS ? CONN_EV_WHOLE : CONN_EV_MESSAGE;
+  mr_http *c = p->data;
+  c->hflags |= H_MSG_DONE;
+  c->event = c->event == HTTP_EV_HEADERS ? HTTP_EV_WHOLE : HTTP_EV_MESSAGE;
   return HPE_PAUSED;
 }
 
-void parser_init(mr_conn *c) {
+void parser_set_events(const mr_http_events *ev) { hev = ev; }
+
+void parser_init(mr_http *c) {
   if (!settings.on_message_begin) {
     llhttp_settings_init(&settings);
     settings.on_message_begin = on_message_begin;
@@ -192,7 +200,7 @@ void parser_init(mr_conn *c) {
   c->parser.data = c;
 }
 
-void parser_release(mr_conn *c) {
+void parser_release(mr_http *c) {
   mr_parse *ps = c->ps;
   if (!ps) return;
   c->ps = NULL;
@@ -207,7 +215,17 @@ void parser_release(mr_conn *c) {
   }
 }
 
-int parser_error_status(mr_conn *c, llhttp_errno_t err) {
+int parser_error_status(mr_http *c, llhttp_errno_t err) {
   if (c->error_status) return c->error_status;
   return 400;
+}
+
+void parser_pool_free(void) {
+  while (mr_srv.parse_pool) {
+    mr_parse *ps = mr_srv.parse_pool;
+    mr_srv.parse_pool = ps->next;
+    mr_buf_free(&ps->bytes);
+    free(ps);
+  }
+  mr_srv.parse_pool_len = 0;
 }

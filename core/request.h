@@ -1,56 +1,38 @@
-/* request.h — a request being served. The mr_request lives in C, in a pool
- * reused across requests; Lua names it by an integer handle (slot and
- * generation, so a stale handle is refused) passed to the serve loop, and
- * `req.body` is a small userdata holding the same pair. `conn` is NULL once
- * the client is gone; the struct goes back to the pool when both the
- * connection and the coroutine are done with it (request_release). */
+/* request.h — a request as the Lua bridge serves it. The mr_request lives in
+ * C, in a pool reused across requests; Lua names it by an integer handle
+ * (slot and generation, so a stale handle is refused) held by its serve
+ * function, its body reader and its response writer. It embeds HTTP's
+ * exchange and its main task, and owns the tasks spawned in it. It goes back
+ * to the pool when HTTP and every one of its tasks are done with it: `refs`
+ * counts them. */
 #ifndef MR_REQUEST_H
 #define MR_REQUEST_H
 
-#include "conn.h"
-#include <lauxlib.h>
-
-enum {
-  REQ_HAS_BODY    = 1 << 0,
-  REQ_BODY_DONE   = 1 << 1,     /* the whole request body has arrived */
-  REQ_HEAD_SENT   = 1 << 2,
-  REQ_RESP_DONE   = 1 << 3,     /* the last byte of the response is queued */
-  REQ_CHUNKED     = 1 << 4,     /* response uses chunked encoding */
-  REQ_IS_HEAD     = 1 << 5,
-  REQ_KEEP_ALIVE  = 1 << 6,     /* the connection may serve another request */
-  REQ_HTTP10      = 1 << 7,
-  REQ_RUNNING     = 1 << 8,     /* inside lua_resume */
-  REQ_CANCEL      = 1 << 9,     /* cancel as soon as the coroutine is suspended */
-  REQ_ENDED       = 1 << 10,    /* coroutine finished or cancelled */
-  REQ_MSG_DONE    = 1 << 11,    /* the parser saw the end of the request message */
-  REQ_CONTINUE    = 1 << 12,    /* client expects 100-continue before the body */
-};
-
-enum { WAIT_NONE, WAIT_SLEEP, WAIT_BODY, WAIT_DRAIN };
+#include "http.h"
+#include "task.h"
 
 typedef struct mr_request {
-  mr_conn *conn;
-  lua_State *co;                /* NULL once the coroutine has ended */
-  int thread;                   /* the coroutine's slot in the runner's table */
+  mr_exchange ex;               /* first: HTTP's view of it */
+  mr_task main;                 /* runs serve(app, handle) */
   uint32_t slot, gen;           /* the handle; gen changes on every reuse */
   int live;
-  unsigned flags;
-  uint8_t wait;                 /* what the parked coroutine waits for */
-  void (*wait_cancel)(struct mr_request *r);
-  void *wait_data;
-  int status;
-  uint64_t id;
-  uint64_t start_ns;
-  uint64_t bytes_out;           /* body bytes, for the access log */
+  int refs;                     /* HTTP until on_end, plus each task not yet released */
+  int ended;                    /* HTTP is done with it; its tasks are cancelled */
+  const char *end_reason;       /* "done", "closed" or "timeout", for on_close */
+  mr_task *tasks;               /* the spawned tasks it owns, linked by sib_* */
+  int on_close_ref;             /* registry: array of on_close callbacks, or LUA_NOREF */
   mr_buf body;                  /* request body received and not read yet */
-  size_t body_total;
+  mr_waitq readers;             /* tasks waiting in req.body:read() */
+  mr_waitq drainers;            /* tasks waiting in a write for the output to drain */
 } mr_request;
+
+static inline mr_request *request_of(mr_exchange *ex) { return (mr_request *)ex; }
 
 /* strings.c: interned strings, pushed with lua_rawgeti(L, strings_idx, S_X). */
 enum {
   S_REQUEST_METHOD = 1, S_URI, S_QUERY_STRING, S_HEADERS, S_BODY, S_SCHEME, S_PROTOCOL,
   S_REMOTE_ADDR, S_SERVER_NAME, S_SERVER_PORT, S_PARAMS, S_ID, S_STATUS, S_HTTP,
-  S_HTTP10, S_HTTP11, S_SLASH, S_COMMA, S_SEMICOLON,
+  S_HTTP10, S_HTTP11, S_SLASH, S_COMMA, S_SEMICOLON, S_REQ_MT,
   S__COUNT                      /* method names follow: S__COUNT + llhttp method */
 };
 #define S_METHODS_MAX 64
@@ -60,29 +42,52 @@ static inline int strings_push(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* Builds the Lua request from c->ps and starts its coroutine; `complete`
- * when the parser has already seen the end of the message (no body). */
-void request_start(mr_conn *c, int complete);
-/* The parser delivered body bytes, or the end of the body. */
-void request_body(mr_request *r, const char *p, size_t n);
-/* Wakes a coroutine waiting in req.body:read() if there is news for it. */
-void request_body_notify(mr_request *r);
-/* Returns the request to the pool once both the connection and the
- * coroutine are done with it; its handle is stale from then on. */
-void request_release(mr_request *r);
+/* request.c */
+void request_open(lua_State *L);         /* metatables, strings, and HTTP's callbacks */
+lua_Integer request_handle(const mr_request *r);
+mr_request *request_from_handle(lua_Integer h);   /* NULL when stale */
 /* The live request a handle names, or a Lua error. */
 mr_request *request_check(lua_State *L, int idx);
+/* t (a spawned task) belongs to r from now on; r cancels it when it ends. */
+void request_adopt(mr_request *r, mr_task *t);
+/* The scheduler is done with t, a task r owned. */
+void request_disown(mr_task *t);
+/* Logs a task failure with the request's id, method, target and route. */
+void request_log_failure(mr_request *r, mr_task *t, const char *trace);
 void request_pool_free(void);
-void request_open(lua_State *L);         /* creates the request-handle metatable */
+extern const luaL_Reg request_funcs[];
+
+/* body.c: req.body readers. */
+void body_open(lua_State *L);
+void body_push_reader(lua_State *L, mr_request *r);
+void body_received(mr_request *r, const char *p, size_t n);   /* n == 0: the end */
+void body_wake_all(mr_request *r);       /* the request ended: readers see "closed" */
 
 /* response.c */
 extern const luaL_Reg response_funcs[];
-/* A complete short text/plain response; `rflags` (REQ_KEEP_ALIVE, REQ_HTTP10)
- * choose the Connection header. */
-int response_simple(mr_conn *c, int status, const char *body, unsigned rflags);
-const char *response_reason(int status);
 
-/* sleep.c */
-extern const luaL_Reg sleep_funcs[];
+/* stream.c: the response writer. */
+extern const luaL_Reg stream_funcs[];
+void stream_open(lua_State *L);
+void stream_drained(mr_request *r);       /* output dropped below the low-water mark */
+void stream_wake_all(mr_request *r);     /* the request ended: writers see "closed" */
+
+/* spawn.c */
+extern const luaL_Reg spawn_funcs[];
+void spawn_open(lua_State *L);
+/* Runs the function below the `nargs` values on top of L (all popped) as a
+ * server task; queued, never run from inside the caller. */
+void spawn_detached(lua_State *L, int nargs);
+void spawn_cancel_all(void);             /* shutdown: every spawned task stops waiting */
+void spawn_pool_free(void);
+
+/* timer.c, channel.c, promise.c */
+int timeout_deadline(lua_State *L, int idx, uint64_t *deadline);   /* 0: not a timeout */
+extern const luaL_Reg timer_funcs[];
+extern const luaL_Reg channel_funcs[];
+extern const luaL_Reg promise_funcs[];
+void timer_open(lua_State *L);
+void channel_open(lua_State *L);
+void promise_open(lua_State *L);
 
 #endif

@@ -2,7 +2,6 @@
  * (SIGTERM/SIGINT drain with a grace period). Connections are created by
  * conn_accept and report back through server_conn_closed. */
 #include "conn.h"
-#include "request.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -28,7 +27,9 @@ static void sweep_cb(uv_timer_t *t) {
   mr_conn *next;
   for (mr_conn *c = s->conns; c; c = next) {
     next = c->next;
-    if (c->expire && now >= c->expire && !(c->flags & CONN_CLOSING)) conn_timeout(c);
+    if (c->flags & CONN_CLOSING) continue;
+    if (c->expire && now >= c->expire) conn_expired(c);
+    else if (c->flags & CONN_HELD) conn_check_reset(c);
   }
 }
 
@@ -42,8 +43,11 @@ static uint64_t sweep_period(const mr_config *cfg) {
   return p < 10 ? 10 : p > 250 ? 250 : p;
 }
 
-/* Everything has closed: release the loop's remaining handles so uv_run returns. */
+/* Everything has closed: release the loop's remaining handles so uv_run
+ * returns once the tasks left (server tasks, requests still unwinding) are
+ * told to stop. */
 static void server_finish(mr_server *s) {
+  if (s->on_stopped) s->on_stopped();
   uv_close((uv_handle_t *)&s->sig_term, close_cb_noop);
   uv_close((uv_handle_t *)&s->sig_int, close_cb_noop);
   uv_close((uv_handle_t *)&s->grace_timer, close_cb_noop);
@@ -66,7 +70,7 @@ void server_drain(mr_server *s) {
   mr_conn *next;
   for (mr_conn *c = s->conns; c; c = next) {
     next = c->next;
-    if (!c->req && !c->ps && !(c->flags & CONN_CLOSING)) conn_close(c, CONN_CLOSE_NOW);
+    if (!(c->flags & CONN_CLOSING) && conn_idle(c)) conn_close(c, CONN_CLOSE_NOW);
   }
   if (s->nconns == 0) {
     server_finish(s);

@@ -1,7 +1,8 @@
 /* strings.c — the strings the request path pushes on every request (table
  * keys, method names, protocol names), interned once at startup into one
- * registry table. Pushing one is an array read; lua_setfield with a literal
- * would hash-and-compare it each time. */
+ * registry table, which also holds the request table's metatable (S_REQ_MT,
+ * set by request.c). Pushing one is an array read; lua_setfield with a
+ * literal would hash-and-compare it each time. */
 #include "request.h"
 
 static const char *const names[S__COUNT] = {
@@ -16,6 +17,7 @@ static const char *const names[S__COUNT] = {
 void strings_init(lua_State *L) {
   lua_createtable(L, S__COUNT + S_METHODS_MAX, 0);
   for (int i = 1; i < S__COUNT; i++) {
+    if (!names[i]) continue;
     lua_pushstring(L, names[i]);
     lua_rawseti(L, -2, i);
   }

@@ -1,18 +1,36 @@
--- The body of every request's coroutine: run the app, then send what it
--- returned. A function body is pulled chunk by chunk here, inside the
--- coroutine, so it may wait between chunks; write() parks while the client
--- is slower than the producer and returns false once the client is gone.
+-- The body of every request's main task: build the request table, run the
+-- app, send what it answered. A streamed body is driven here, inside the
+-- task, so it may wait between chunks: an iterator function is pulled chunk
+-- by chunk; a custom kind (a value whose metatable has __moonring_body, as
+-- moonring.stream and channels do) is handed the writer.
 local core = require "moonring.core"
-local send, write, finish = core.send, core.write, core.finish
+local request, send, write, finish, writer = core.request, core.send, core.write, core.finish, core.writer
 
-return function(app, req, handle)
-  local body = send(handle, app(req))
-  if body then
+-- A channel as a body: every value put on it is a chunk, until it is closed.
+getmetatable(core.channel()).__moonring_body = function(ch, out)
+  while true do
+    local chunk = ch:take()
+    if chunk == nil then return end
+    if type(chunk) ~= "string" then
+      error("bad response: a channel body produced a " .. type(chunk) .. ", expected a string", 0)
+    end
+    if not out:write(chunk) then return end
+  end
+end
+
+return function(app, handle)
+  local req = request(handle)
+  local res = app(req)
+  local body, method = send(handle, res)
+  if body == nil then return end          -- complete already
+  if method then
+    method(body, writer(handle), res)
+  else
     while true do
       local chunk = body()
       if chunk == nil then break end
       if not write(handle, chunk) then return end
     end
-    finish(handle)
   end
+  finish(handle)
 end

@@ -1,0 +1,124 @@
+/* timer.c — moonring.sleep(seconds), which parks the calling task on a libuv
+ * timer, and moonring.timeout(seconds), a deadline object for select. The
+ * timer is allocated apart from Lua and freed in its close callback, whether
+ * it fired or the task was cancelled first. A timeout object only holds its
+ * deadline; select arms a timer for it while it waits (channel.c). */
+#include "request.h"
+#include <math.h>
+#include <stdlib.h>
+
+#define TIMEOUT_MT "moonring.timeout"
+
+typedef struct sleeper {
+  uv_timer_t timer;
+  mr_task *t;
+} sleeper;
+
+/* Seconds (fractions allowed) as whole milliseconds, rounded up. */
+static uint64_t check_ms(lua_State *L, int idx) {
+  lua_Number sec = luaL_checknumber(L, idx);
+  luaL_argcheck(L, sec >= 0 && sec == sec, idx, "expected a number of seconds >= 0");
+  double ms = ceil(sec * 1000.0);
+  return ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms;
+}
+
+static void free_cb(uv_handle_t *h) { free(h->data); }
+
+static void sleep_cb(uv_timer_t *tm) {
+  sleeper *z = tm->data;
+  mr_task *t = z->t;
+  uv_close((uv_handle_t *)tm, free_cb);
+  if (t->wait == WAIT_SLEEP && t->wait_data == z) task_wake(t, 0);
+}
+
+static void sleep_cancel(mr_task *t) {
+  sleeper *z = t->wait_data;
+  uv_close((uv_handle_t *)&z->timer, free_cb);
+}
+
+static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  if (task_woke_cancelled(L)) return task_raise_cancelled(L);
+  return 0;
+}
+
+static int l_sleep(lua_State *L) {
+  uint64_t ms = check_ms(L, 1);
+  mr_task *t = task_check(L, "moonring.sleep");
+  task_check_yieldable(L, "moonring.sleep");
+  if (t->flags & TF_CANCELLED) return task_raise_cancelled(L);
+  sleeper *z = malloc(sizeof *z);
+  if (!z) return luaL_error(L, "moonring.sleep: out of memory");
+  uv_timer_init(mr_srv.loop, &z->timer);
+  z->timer.data = z;
+  z->t = t;
+  if (uv_timer_start(&z->timer, sleep_cb, ms, 0) < 0) {
+    uv_close((uv_handle_t *)&z->timer, free_cb);
+    return luaL_error(L, "moonring.sleep: cannot start a timer");
+  }
+  return task_park(L, t, WAIT_SLEEP, sleep_cancel, z, sleep_k, 0);
+}
+
+/* ---- timeouts --------------------------------------------------------- */
+
+typedef struct mr_timeout {
+  uint64_t deadline;            /* loop time, ms */
+} mr_timeout;
+
+int timeout_deadline(lua_State *L, int idx, uint64_t *deadline) {
+  mr_timeout *o = luaL_testudata(L, idx, TIMEOUT_MT);
+  if (!o) return 0;
+  *deadline = o->deadline;
+  return 1;
+}
+
+/* moonring.timeout(seconds) → a deadline that many seconds from now. */
+static int l_timeout(lua_State *L) {
+  uint64_t ms = check_ms(L, 1);
+  mr_timeout *o = lua_newuserdatauv(L, sizeof *o, 0);
+  o->deadline = uv_now(mr_srv.loop) + ms;
+  luaL_setmetatable(L, TIMEOUT_MT);
+  return 1;
+}
+
+/* timeout:remaining() → seconds left (0 once expired). */
+static int timeout_remaining(lua_State *L) {
+  mr_timeout *o = luaL_checkudata(L, 1, TIMEOUT_MT);
+  uint64_t now = uv_now(mr_srv.loop);
+  lua_pushnumber(L, o->deadline > now ? (lua_Number)(o->deadline - now) / 1000.0 : 0.0);
+  return 1;
+}
+
+static int timeout_expired(lua_State *L) {
+  mr_timeout *o = luaL_checkudata(L, 1, TIMEOUT_MT);
+  lua_pushboolean(L, uv_now(mr_srv.loop) >= o->deadline);
+  return 1;
+}
+
+static int timeout_tostring(lua_State *L) {
+  mr_timeout *o = luaL_checkudata(L, 1, TIMEOUT_MT);
+  uint64_t now = uv_now(mr_srv.loop);
+  lua_pushfstring(L, "moonring.timeout (%f s left)",
+                  o->deadline > now ? (lua_Number)(o->deadline - now) / 1000.0 : 0.0);
+  return 1;
+}
+
+static const luaL_Reg timeout_methods[] = {
+  {"remaining", timeout_remaining},
+  {"expired", timeout_expired},
+  {NULL, NULL},
+};
+
+const luaL_Reg timer_funcs[] = {
+  {"sleep", l_sleep},
+  {"timeout", l_timeout},
+  {NULL, NULL},
+};
+
+void timer_open(lua_State *L) {
+  luaL_newmetatable(L, TIMEOUT_MT);
+  lua_pushcfunction(L, timeout_tostring);
+  lua_setfield(L, -2, "__tostring");
+  luaL_newlib(L, timeout_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
