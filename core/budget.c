@@ -20,6 +20,8 @@
 #define RESTRIKE_COUNT   1000           /* instructions between strikes once struck */
 
 static atomic_uint slice;               /* bumped at each slice start (loop thread only) */
+static mr_task *slice_task;             /* the task of the slice (loop thread only) */
+static int slice_can_yield;             /* the coroutine chain up to the task may yield */
 static atomic_int busy;                 /* a slice is running Lua */
 static _Atomic(lua_State *) slice_co;   /* the coroutine running Lua now */
 static atomic_uint flagged;             /* slice + 1 found over budget, 0 = none */
@@ -30,16 +32,22 @@ static pthread_cond_t cv;
 static int started, stopping;
 static uint64_t budget_ns, tick_ns;
 
-void budget_enter(lua_State *co) {
+void budget_enter(mr_task *t, lua_State *co, int can_yield) {
+  slice_task = t;
+  slice_can_yield = can_yield;
   atomic_store_explicit(&slice_co, co, memory_order_relaxed);
   atomic_store_explicit(&slice, atomic_load_explicit(&slice, memory_order_relaxed) + 1,
                         memory_order_relaxed);
   atomic_store_explicit(&busy, 1, memory_order_relaxed);
 }
 
-void budget_switch(lua_State *co) { atomic_store_explicit(&slice_co, co, memory_order_relaxed); }
+void budget_switch(lua_State *co, int can_yield) {
+  slice_can_yield = can_yield;
+  atomic_store_explicit(&slice_co, co, memory_order_relaxed);
+}
 
 void budget_leave(void) {
+  slice_task = NULL;
   atomic_store_explicit(&busy, 0, memory_order_relaxed);
   atomic_store_explicit(&slice_co, NULL, memory_order_relaxed);
 }
@@ -51,7 +59,7 @@ static int over_budget(void) {
 }
 
 static void hook(lua_State *L, lua_Debug *ar) {
-  mr_task *t = task_running_now();
+  mr_task *t = slice_task;
   if (!over_budget() || !t) {
     lua_sethook(L, NULL, 0, 0);              /* left from an earlier slice */
     return;
@@ -59,7 +67,7 @@ static void hook(lua_State *L, lua_Debug *ar) {
   lua_sethook(L, hook, LUA_MASKCOUNT, RESTRIKE_COUNT);
   if (t->flags & TF_STRUCK) {
     t->flags |= TF_KILLED;                   /* it caught the error and went on */
-    if (task_can_yield(L)) {
+    if (slice_can_yield && lua_isyieldable(L)) {
       lua_yield(L, 0);                       /* the runner stops it there */
       return;
     }

@@ -42,8 +42,9 @@ static inline int strings_push(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* request.c */
-void request_open(lua_State *L);         /* metatables, strings, and HTTP's callbacks */
+/* request.c: the pool, handles and ownership. */
+mr_request *request_alloc(void);         /* a fresh request; refs is 0 */
+void request_unref(mr_request *r);       /* an owner is done with r; the last frees it */
 lua_Integer request_handle(const mr_request *r);
 mr_request *request_from_handle(lua_Integer h);   /* NULL when stale */
 /* The live request a handle names, or a Lua error. */
@@ -55,6 +56,9 @@ void request_disown(mr_task *t);
 /* Logs a task failure with the request's id, method, target and route. */
 void request_log_failure(mr_request *r, mr_task *t, const char *trace);
 void request_pool_free(void);
+
+/* exchange.c: where HTTP hands requests to Lua. */
+void request_open(lua_State *L);         /* metatables, strings, and HTTP's callbacks */
 extern const luaL_Reg request_funcs[];
 
 /* body.c: req.body readers. */

@@ -68,14 +68,28 @@ lua_State *task_take_thread(mr_task *t) {
   return t->co;
 }
 
+static mr_task *running;        /* the task inside lua_resume */
+static lua_State *co_now;       /* the innermost coroutine running for it */
+static int chain_ok;            /* every resumer between the task and co_now may yield */
+
 /* The coroutine of t is done; `reusable` when it returned normally. A failed
- * one is reset first, which runs its pending __close handlers (the task is
- * marked cancelled, so any wait there fails at once). */
+ * one is reset first, which runs its pending __close handlers: as part of
+ * the task (its CPU budget applies) but unable to wait (the task is marked
+ * cancelled, and a reset cannot yield). */
 static void give_back(mr_task *t, int reusable) {
   lua_State *co = t->co;
   int i = t->thread;
+  if (!reusable) {
+    running = t;
+    co_now = co;
+    chain_ok = 0;
+    budget_enter(t, co, 0);
+    lua_resetthread(co);
+    budget_leave();
+    running = NULL;
+    co_now = NULL;
+  }
   t->co = NULL;
-  if (!reusable) lua_resetthread(co);
   if (lua_gethook(co)) lua_sethook(co, NULL, 0, 0);
   *(void **)lua_getextraspace(co) = &idle_marker;
   if (reusable && nready < POOL_MAX && lua_gettop(co) == 0) {
@@ -90,9 +104,6 @@ static void give_back(mr_task *t, int reusable) {
 
 static mr_task *rq_head, *rq_tail;
 static int draining;
-static mr_task *running;        /* the task inside lua_resume */
-static lua_State *co_now;       /* the innermost coroutine running for it */
-static int chain_ok;            /* every resumer between the task and co_now may yield */
 static uv_prepare_t rq_prepare;
 static uv_check_t rq_check;
 static int rq_armed;
@@ -364,7 +375,7 @@ static void resume(mr_task *t) {
     running = t;
     co_now = co;
     chain_ok = 1;
-    budget_enter(co);
+    budget_enter(t, co, 1);
     status = lua_resume(co, L, nargs, &nres);
     budget_leave();
     running = NULL;
@@ -411,7 +422,7 @@ int task_nested_enter(lua_State *from, lua_State *co, lua_State **saved) {
   if (running && from == co_now) {
     chain_ok = chain_ok && lua_isyieldable(from);
     co_now = co;
-    budget_switch(co);
+    budget_switch(co, chain_ok);
   }
   return saved_ok;
 }
@@ -420,7 +431,7 @@ void task_nested_leave(lua_State *saved, int saved_ok) {
   if (running && co_now != saved) {
     co_now = saved;
     chain_ok = saved_ok;
-    budget_switch(saved);
+    budget_switch(saved, saved_ok);
   }
 }
 
@@ -435,7 +446,5 @@ void task_mark_parked(lua_State *L) {
 }
 
 int task_killed(void) { return running && (running->flags & TF_KILLED); }
-
-mr_task *task_running_now(void) { return running; }
 
 int task_can_yield(lua_State *L) { return lua_isyieldable(L) && chain_ok; }

@@ -165,7 +165,6 @@ void task_mark_parked(lua_State *L);
 int task_nested_parked(lua_State *co);
 void task_nested_unpark(lua_State *co);
 int task_killed(void);                   /* the running task is being stopped */
-mr_task *task_running_now(void);
 int task_can_yield(lua_State *L);        /* L and every resumer up to the task may yield */
 
 /* coro.c: replaces coroutine.resume/wrap/close so that moonring primitives
@@ -179,8 +178,10 @@ void coro_open(lua_State *L);
  * and, if that is caught, stops the task. */
 int budget_start(uint64_t budget_ms);
 void budget_stop(void);
-void budget_enter(lua_State *co);        /* a task's resume of co begins: a new slice */
-void budget_switch(lua_State *co);       /* the same slice goes on in another coroutine */
+/* A resume of t's coroutine co begins: a new slice. `can_yield`: every
+ * coroutine between the task and the one running may yield. */
+void budget_enter(mr_task *t, lua_State *co, int can_yield);
+void budget_switch(lua_State *co, int can_yield);   /* the slice goes on in another coroutine */
 void budget_leave(void);                 /* no task runs Lua any more */
 
 #endif

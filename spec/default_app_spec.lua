@@ -13,9 +13,31 @@ describe("default app (handlers/)", function()
       local res = helper.get(server.port, "/")
       assert.are.equal(200, res.status)
       assert.matches("^text/html", res.headers["content-type"] or "")
-      for _, path in ipairs { "/hello", "/echo", "/users/:id", "/slow" } do
+      for _, path in ipairs { "/hello", "/echo", "/users/:id", "/slow", "/clock" } do
         assert.is_truthy(res.body:find(path, 1, true), "index does not list " .. path)
       end
+    end)
+  end)
+
+  it("streams the time as Server-Sent Events on /clock", function()
+    with_default(function(server)
+      local c = helper.connect(server.port)
+      c:send("GET /clock HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 41\r\n\r\n")
+      local head = {}
+      repeat
+        local line = assert(c.sock:receive("*l"))
+        head[#head + 1] = line
+      until line == ""
+      assert.matches("^HTTP/1.1 200", head[1])
+      assert.is_truthy(table.concat(head, "\n"):lower():find("content-type: text/event-stream", 1, true))
+      local seen = {}
+      local deadline = helper.now() + 4 * helper.slow
+      while #seen < 2 and helper.now() < deadline do
+        local line = c.sock:receive("*l")
+        if line and line:match("^id: ") then seen[#seen + 1] = tonumber(line:match("%d+")) end
+      end
+      c:close()
+      assert.are.same({ 42, 43 }, seen)        -- resumed after Last-Event-ID
     end)
   end)
 
