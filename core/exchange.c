@@ -1,6 +1,6 @@
 /* exchange.c — where HTTP hands a request to Lua: what HTTP tells the
  * bridge (a head, body bytes, drained output, the end of an exchange), the
- * main task that runs serve(app, handle) and turns its outcome into the
+ * main task that runs serve(handle) and turns its outcome into the
  * response or a 500, the request table (built inside the main task, so a
  * failure there is an ordinary error), and req.on_close. When HTTP ends an
  * exchange, everything still running for the request is cancelled. */
@@ -35,11 +35,11 @@ static void on_end(mr_exchange *ex, int why) {
   mr_request *r = request_of(ex);
   r->ended = 1;
   r->end_reason = why == HTTP_END_DONE ? "done" : why == HTTP_END_TIMEOUT ? "timeout" : "closed";
-  task_cancel(&r->main);
+  if (r->main.state != TASK_DONE) task_cancel(&r->main);
   for (mr_task *t = r->tasks; t; t = t->sib_next) task_cancel(t);
-  body_wake_all(r);
-  stream_wake_all(r);
-  run_on_close(r);
+  if (r->readers.head) body_wake_all(r);
+  if (r->drainers.head) stream_wake_all(r);
+  if (r->on_close_ref != LUA_NOREF) run_on_close(r);
   request_unref(r);
 }
 
@@ -47,7 +47,7 @@ static void on_body(mr_exchange *ex, const char *p, size_t n) { body_received(re
 
 static void on_drained(mr_exchange *ex) { stream_drained(request_of(ex)); }
 
-/* A head is parsed: the main task starts serve(app, handle) at once (or,
+/* A head is parsed: the main task starts serve(handle) at once (or,
  * during a drain, when its turn comes). */
 static void on_request(mr_http *h, int complete) {
   mr_request *r = request_alloc();
@@ -58,9 +58,8 @@ static void on_request(mr_http *h, int complete) {
   t->req = r;
   lua_State *co = task_take_thread(t);
   lua_rawgeti(co, LUA_REGISTRYINDEX, mr_srv.serve_ref);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, mr_srv.app_ref);
   lua_pushinteger(co, request_handle(r));
-  task_start(t, 2);
+  task_start(t, 1);
 }
 
 static const mr_http_events http_events = {
@@ -114,12 +113,12 @@ static const mr_task_ops main_ops = { main_ended, main_release };
 
 /* ---- the request table ------------------------------------------------ */
 
-/* Field stores below are "push key (from the interned strings at S), push
- * value, lua_rawset(t)". */
+/* Field stores below are "push key (an interned string upvalue, STR(S_X)),
+ * push value, lua_rawset(t)". */
 
 /* Stores uri and query_string; for an absolute-form target, sets *authority
  * (RFC 9112 3.2.2: it, not the Host header, names the server). */
-static void push_target(lua_State *L, int t, int S, mr_http *h, const char *target, size_t n,
+static void push_target(lua_State *L, int t, mr_http *h, const char *target, size_t n,
                         const char **authority, size_t *alen) {
   /* origin form "/p?q"; absolute form "http://host/p?q" (uri is its path);
    * authority form "host:port" (CONNECT) and asterisk form "*" kept as sent. */
@@ -138,19 +137,19 @@ static void push_target(lua_State *L, int t, int S, mr_http *h, const char *targ
   }
   const char *q = memchr(path, '?', (size_t)(end - path));
   const char *uend = q ? q : end;
-  lua_rawgeti(L, S, S_URI);
-  if (uend == path || (path != target && *path != '/')) lua_rawgeti(L, S, S_SLASH);
+  lua_pushvalue(L, STR(S_URI));
+  if (uend == path || (path != target && *path != '/')) lua_pushvalue(L, STR(S_SLASH));
   else lua_pushlstring(L, path, (size_t)(uend - path));
   lua_rawset(L, t);
   if (q) {
-    lua_rawgeti(L, S, S_QUERY_STRING);
+    lua_pushvalue(L, STR(S_QUERY_STRING));
     lua_pushlstring(L, q + 1, (size_t)(end - q - 1));
     lua_rawset(L, t);
   }
 }
 
 /* headers: lower-case names; repeats joined with ", " (cookie: "; "). */
-static void push_headers(lua_State *L, int S, mr_parse *ps, const char **host, size_t *hostlen) {
+static void push_headers(lua_State *L, mr_parse *ps, const char **host, size_t *hostlen) {
   lua_createtable(L, 0, (int)ps->nhdr);
   int h_idx = lua_gettop(L);
   for (unsigned i = 0; i < ps->nhdr; i++) {
@@ -166,7 +165,7 @@ static void push_headers(lua_State *L, int S, mr_parse *ps, const char **host, s
       lua_pushlstring(L, value, h->value_len);
     } else {
       int cookie = h->name_len == 6 && memcmp(name, "cookie", 6) == 0;
-      lua_rawgeti(L, S, cookie ? S_SEMICOLON : S_COMMA);
+      lua_pushvalue(L, STR(cookie ? S_SEMICOLON : S_COMMA));
       lua_pushlstring(L, value, h->value_len);
       lua_concat(L, 3);
     }
@@ -195,7 +194,7 @@ static void push_server_name(lua_State *L, const char *host, size_t n) {
 }
 
 /* request(handle) → the request table (DESIGN 4.2), from the parsed head. */
-static int l_request(lua_State *L) {
+int request_build(lua_State *L) {
   mr_request *r = request_check(L, 1);
   mr_http *h = r->ex.http;
   if (!h) return task_raise_cancelled(L);    /* the client left before it started */
@@ -203,50 +202,49 @@ static int l_request(lua_State *L) {
   llhttp_t *p = &h->parser;
   int minor = llhttp_get_http_minor(p);
   int method = llhttp_get_method(p);
-  int S = strings_push(L);
   lua_createtable(L, 0, 16);
-  int t = S + 1;
-  lua_rawgeti(L, S, S_REQUEST_METHOD);
-  if (method < S_METHODS_MAX) lua_rawgeti(L, S, S__COUNT + method);
+  int t = lua_gettop(L);
+  lua_pushvalue(L, STR(S_REQUEST_METHOD));
+  if (method < S_METHODS_MAX) lua_rawgeti(L, STR(S__COUNT), S__COUNT + method);
   else lua_pushstring(L, llhttp_method_name((llhttp_method_t)method));
   lua_rawset(L, t);
   const char *host = NULL, *authority = NULL;
   size_t hostlen = 0, alen = 0;
-  push_target(L, t, S, h, ps->bytes.data, ps->target_len, &authority, &alen);
-  lua_rawgeti(L, S, S_HEADERS);
-  push_headers(L, S, ps, &host, &hostlen);
+  push_target(L, t, h, ps->bytes.data, ps->target_len, &authority, &alen);
+  lua_pushvalue(L, STR(S_HEADERS));
+  push_headers(L, ps, &host, &hostlen);
   lua_rawset(L, t);
   if (authority) {
     host = authority;
     hostlen = alen;
   }
   if (r->ex.flags & EX_HAS_BODY) {
-    lua_rawgeti(L, S, S_BODY);
+    lua_pushvalue(L, STR(S_BODY));
     body_push_reader(L, r);
     lua_rawset(L, t);
   }
-  lua_rawgeti(L, S, S_SCHEME);
-  lua_rawgeti(L, S, S_HTTP);
+  lua_pushvalue(L, STR(S_SCHEME));
+  lua_pushvalue(L, STR(S_HTTP));
   lua_rawset(L, t);
-  lua_rawgeti(L, S, S_PROTOCOL);
-  lua_rawgeti(L, S, minor == 0 ? S_HTTP10 : S_HTTP11);
+  lua_pushvalue(L, STR(S_PROTOCOL));
+  lua_pushvalue(L, STR(minor == 0 ? S_HTTP10 : S_HTTP11));
   lua_rawset(L, t);
-  lua_rawgeti(L, S, S_REMOTE_ADDR);
+  lua_pushvalue(L, STR(S_REMOTE_ADDR));
   lua_pushstring(L, h->conn.remote);
   lua_rawset(L, t);
-  lua_rawgeti(L, S, S_SERVER_NAME);
+  lua_pushvalue(L, STR(S_SERVER_NAME));
   push_server_name(L, host, hostlen);
   lua_rawset(L, t);
-  lua_rawgeti(L, S, S_SERVER_PORT);
+  lua_pushvalue(L, STR(S_SERVER_PORT));
   lua_pushinteger(L, mr_srv.port);
   lua_rawset(L, t);
-  lua_rawgeti(L, S, S_PARAMS);
+  lua_pushvalue(L, STR(S_PARAMS));
   lua_createtable(L, 0, 0);
   lua_rawset(L, t);
-  lua_rawgeti(L, S, S_ID);
+  lua_pushvalue(L, STR(S_ID));
   lua_pushinteger(L, (lua_Integer)r->ex.id);
   lua_rawset(L, t);
-  lua_rawgeti(L, S, S_REQ_MT);
+  lua_pushvalue(L, STR(S_REQ_MT));
   lua_setmetatable(L, t);
   return 1;
 }
@@ -292,11 +290,6 @@ static int req_index(lua_State *L) {
   lua_pushcclosure(L, l_on_close, 2);
   return 1;
 }
-
-const luaL_Reg request_funcs[] = {
-  {"request", l_request},
-  {NULL, NULL},
-};
 
 void request_open(lua_State *L) {
   strings_init(L);

@@ -47,13 +47,6 @@ const char *head_reason(int status) {
   }
 }
 
-/* Decimal digits of `v` (snprintf costs more than the rest of a head). */
-void head_uint(mr_buf *b, uint64_t v) {
-  char digits[24];
-  int i = sizeof digits;
-  do digits[--i] = (char)('0' + v % 10); while ((v /= 10) && i > 0);
-  mr_buf_append(b, digits + i, sizeof digits - (size_t)i);
-}
 
 mr_buf *head_start(int status) {
   head.len = 0;
@@ -66,24 +59,10 @@ mr_buf *head_start(int status) {
   return &head;
 }
 
-void head_date(mr_buf *b) {
-  mr_buf_lit(b, "Date: ");
-  mr_buf_append(b, log_http_date(), 29);
-  mr_buf_lit(b, "\r\n");
-}
 
-void head_length(mr_buf *b, size_t len) {
-  mr_buf_lit(b, "Content-Length: ");
-  head_uint(b, len);
-  mr_buf_lit(b, "\r\n");
-}
 
-void head_connection(mr_buf *b, unsigned exflags) {
-  if (!(exflags & EX_KEEP_ALIVE)) mr_buf_lit(b, "Connection: close\r\n");
-  else if (exflags & EX_HTTP10) mr_buf_lit(b, "Connection: keep-alive\r\n");
-}
 
-int head_simple(mr_conn *c, int status, const char *body, const char *extra, unsigned exflags) {
+size_t head_simple(mr_conn *c, int status, const char *body, const char *extra, unsigned exflags) {
   size_t blen = strlen(body);
   mr_buf *b = head_start(status);
   head_date(b);
@@ -92,8 +71,10 @@ int head_simple(mr_conn *c, int status, const char *body, const char *extra, uns
   mr_buf_append(b, extra, strlen(extra));
   head_connection(b, exflags);
   mr_buf_lit(b, "\r\n");
+  if (exflags & EX_IS_HEAD) blen = 0;        /* the length a GET would get, no body */
   uv_buf_t bufs[2] = {uv_buf_init(b->data, (unsigned)b->len), uv_buf_init((char *)body, (unsigned)blen)};
-  return conn_write(c, bufs, 2);
+  conn_write(c, bufs, blen ? 2 : 1);
+  return blen;
 }
 
 void head_free(void) { mr_buf_free(&head); }

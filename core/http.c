@@ -16,6 +16,16 @@ static const mr_http_events *hev;
 static void process(mr_http *h, char *data, size_t len);
 static void finish(mr_http *h);
 
+/* Parses the input kept while a response was pending. */
+static void process_kept(mr_http *h) {
+  char *data = h->in;
+  size_t len = h->in_len;
+  h->in = NULL;
+  h->in_len = 0;
+  process(h, data, len);
+  free(data);
+}
+
 static inline mr_http *of(mr_conn *c) { return (mr_http *)c; }
 
 const char *http_method(const mr_http *h) {
@@ -143,7 +153,7 @@ void http_reply(mr_exchange *ex, int status, const char *body) {
   if (mr_srv.draining) ex->flags &= ~EX_KEEP_ALIVE;
   ex->flags |= EX_RESP_DONE;
   http_head_sent(ex, status);
-  head_simple(&ex->http->conn, status, body, "", ex->flags);
+  ex->bytes_out += head_simple(&ex->http->conn, status, body, "", ex->flags);
 }
 
 /* ---- the message flow ------------------------------------------------- */
@@ -165,14 +175,7 @@ static void finish(mr_http *h) {
   }
   conn_arm(c, mr_srv.cfg.idle_timeout_ms);
   if (c->flags & CONN_HELD) conn_release(c);
-  if (!(h->hflags & H_PROCESSING) && h->in_len) {
-    char *data = h->in;
-    size_t len = h->in_len;
-    h->in = NULL;
-    h->in_len = 0;
-    process(h, data, len);
-    free(data);
-  }
+  if (!(h->hflags & H_PROCESSING) && h->in_len) process_kept(h);
   if ((c->flags & CONN_READ_EOF) && !(h->hflags & H_PROCESSING) && !h->ex && !h->ps)
     conn_close(c, CONN_CLOSE_GRACEFUL);
 }
@@ -191,15 +194,16 @@ static void reject(mr_http *h, int status) {
     conn_close(c, (ex->flags & EX_RESP_DONE) ? CONN_CLOSE_GRACEFUL : CONN_CLOSE_RESET);
     return;
   }
-  if (ex) {
-    ex->status = status;
-    ex->flags |= EX_HEAD_SENT | EX_RESP_DONE;
-  } else if (h->ps) {                        /* refused before a request existed */
-    log_line(h, status, 0, uv_hrtime(), 0);
-  }
   char body[64];
   snprintf(body, sizeof body, "%s\n", head_reason(status));
-  head_simple(c, status, body, "", 0);
+  size_t n = head_simple(c, status, body, "", ex ? (ex->flags & EX_IS_HEAD) : 0);
+  if (ex) {                                  /* logged as it ends, in on_close */
+    ex->status = status;
+    ex->flags |= EX_HEAD_SENT | EX_RESP_DONE;
+    ex->bytes_out += n;
+  } else if (h->ps) {                        /* refused before a request existed */
+    log_line(h, status, n, uv_hrtime(), 0);
+  }
   conn_close(c, CONN_CLOSE_GRACEFUL);
 }
 
@@ -211,8 +215,9 @@ static void shed(mr_http *h) {
   unsigned flags = llhttp_should_keep_alive(p) && (h->hflags & H_MSG_DONE) ? EX_KEEP_ALIVE : 0;
   if (llhttp_get_http_minor(p) == 0) flags |= EX_HTTP10;
   if (mr_srv.draining) flags = 0;
-  log_line(h, 503, 0, uv_hrtime(), 0);
-  head_simple(c, 503, "Service Unavailable\n", "Retry-After: 1\r\n", flags);
+  if (llhttp_get_method(p) == HTTP_HEAD) flags |= EX_IS_HEAD;
+  size_t n = head_simple(c, 503, "Service Unavailable\n", "Retry-After: 1\r\n", flags);
+  log_line(h, 503, n, uv_hrtime(), 0);
   if (!(flags & EX_KEEP_ALIVE)) {
     conn_close(c, CONN_CLOSE_GRACEFUL);
     return;
@@ -321,14 +326,7 @@ static void on_data(mr_conn *c, char *data, size_t len) {
   h->in = in;
   h->in_len += len;
   if (h->in_len > INPUT_CAP) conn_hold(c);
-  if (!(h->hflags & (H_MSG_DONE | H_PROCESSING))) {
-    char *d = h->in;
-    size_t n = h->in_len;
-    h->in = NULL;
-    h->in_len = 0;
-    process(h, d, n);
-    free(d);
-  }
+  if (!(h->hflags & (H_MSG_DONE | H_PROCESSING))) process_kept(h);
 }
 
 /* The client's end of input. With nothing received ahead of it, it means the
@@ -372,7 +370,7 @@ static void on_expired(mr_conn *c) {
     if (mr_srv.draining) ex->flags &= ~EX_KEEP_ALIVE;
     ex->flags |= EX_RESP_DONE;
     http_head_sent(ex, 504);
-    head_simple(c, 504, "Gateway Timeout\n", "", ex->flags);
+    ex->bytes_out += head_simple(c, 504, "Gateway Timeout\n", "", ex->flags);
     end_exchange(h, HTTP_END_TIMEOUT);
     if (h->hflags & H_MSG_DONE) finish(h);
     else conn_arm(c, mr_srv.cfg.header_timeout_ms);

@@ -131,13 +131,36 @@ int parser_error_status(mr_http *h, llhttp_errno_t err);
  * written; head_simple builds a whole short text/plain response. */
 const char *head_reason(int status);
 mr_buf *head_start(int status);          /* "HTTP/1.1 status reason\r\n" */
-void head_uint(mr_buf *b, uint64_t v);
-void head_date(mr_buf *b);
-void head_length(mr_buf *b, size_t len);
-void head_connection(mr_buf *b, unsigned exflags);
+
+/* Decimal digits of `v` (snprintf costs more than the rest of a head). The
+ * line helpers are inline: every response runs them. */
+static inline void head_uint(mr_buf *b, uint64_t v) {
+  char digits[24];
+  int i = sizeof digits;
+  do digits[--i] = (char)('0' + v % 10); while ((v /= 10) && i > 0);
+  mr_buf_append(b, digits + i, sizeof digits - (size_t)i);
+}
+
+static inline void head_date(mr_buf *b) {
+  mr_buf_lit(b, "Date: ");
+  mr_buf_append(b, log_http_date(), 29);
+  mr_buf_lit(b, "\r\n");
+}
+
+static inline void head_length(mr_buf *b, size_t len) {
+  mr_buf_lit(b, "Content-Length: ");
+  head_uint(b, len);
+  mr_buf_lit(b, "\r\n");
+}
+
+static inline void head_connection(mr_buf *b, unsigned exflags) {
+  if (!(exflags & EX_KEEP_ALIVE)) mr_buf_lit(b, "Connection: close\r\n");
+  else if (exflags & EX_HTTP10) mr_buf_lit(b, "Connection: keep-alive\r\n");
+}
 /* Writes a complete short response; `extra` is a header block ("" or lines
- * ending in CRLF). Returns conn_write's result. */
-int head_simple(mr_conn *c, int status, const char *body, const char *extra, unsigned exflags);
+ * ending in CRLF). No body for a HEAD request (EX_IS_HEAD). Returns the body
+ * bytes written, for the access log. */
+size_t head_simple(mr_conn *c, int status, const char *body, const char *extra, unsigned exflags);
 void head_free(void);
 
 #endif

@@ -70,8 +70,10 @@ static const luaL_Reg core_funcs[] = {
 static int luaopen_moonring_core(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, core_funcs, 0);
-  luaL_setfuncs(L, request_funcs, 0);
-  luaL_setfuncs(L, response_funcs, 0);
+  strings_closure(L, request_build);
+  lua_setfield(L, -2, "request");
+  strings_closure(L, response_send);
+  lua_setfield(L, -2, "send");
   luaL_setfuncs(L, stream_funcs, 0);
   luaL_setfuncs(L, timer_funcs, 0);
   luaL_setfuncs(L, channel_funcs, 0);
@@ -92,7 +94,7 @@ static int panic(lua_State *L) {
   abort();
 }
 
-/* Runs protected: (lua_dir) → registry refs for serve and the app. */
+/* Runs protected: (lua_dir) → the registry ref of serve bound to the app. */
 static int load_all(lua_State *L) {
   const char *lua_dir = lua_tostring(L, 1);
   mr_server *s = &mr_srv;
@@ -117,18 +119,20 @@ static int load_all(lua_State *L) {
   promise_open(L);
   coro_open(L);
 
+  /* serve(app) → the function each request's main task runs with its
+   * handle: the app is its upvalue, one registry read per request. */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moonring.serve");
   lua_call(L, 1, 1);
-  s->serve_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moonring.app");
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "load");
   lua_pushstring(L, s->cfg.app);
   lua_call(L, 1, 1);
-  s->app_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_remove(L, -2);
+  lua_call(L, 1, 1);
+  s->serve_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 

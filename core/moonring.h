@@ -49,8 +49,7 @@ typedef struct mr_server {
   char *readbuf;                /* one read slab shared by all connections */
   struct mr_parse *parse_pool;  /* free head-parse states, reused */
   unsigned parse_pool_len;
-  int serve_ref;                /* registry: the Lua function a request's main task runs */
-  int app_ref;                  /* registry: the app's handler (the router) */
+  int serve_ref;                /* registry: serve bound to the app, run by each main task */
   int strings_ref;              /* registry: interned hot-path strings (strings.c) */
   void (*on_stopped)(void);     /* drained: the bridge stops every task still running */
   uv_signal_t sig_term, sig_int;

@@ -4,37 +4,20 @@
  * released when its count of owners (HTTP, its main task, each spawned task)
  * drops to zero. Where HTTP hands requests to Lua is exchange.c. */
 #include "request.h"
+#include "pool.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---- the pool --------------------------------------------------------- */
 
-static mr_request **slots;
-static uint32_t nslots, slots_cap, *free_slots, nfree;
+static mr_pool pool = { .size = sizeof(mr_request) };
 
 mr_request *request_alloc(void) {
-  mr_request *r;
-  if (nfree) {
-    r = slots[free_slots[--nfree]];
-  } else {
-    if (nslots == slots_cap) {
-      uint32_t cap = slots_cap ? slots_cap * 2 : 64;
-      mr_request **sp = realloc(slots, sizeof *sp * cap);
-      if (!sp) mr_oom();
-      slots = sp;
-      uint32_t *fp = realloc(free_slots, sizeof *fp * cap);
-      if (!fp) mr_oom();
-      free_slots = fp;
-      slots_cap = cap;
-    }
-    r = calloc(1, sizeof *r);
-    if (!r) mr_oom();
-    r->slot = nslots;
-    slots[nslots++] = r;
-  }
-  uint32_t slot = r->slot, gen = r->gen;
-  mr_buf body = r->body;
+  uint32_t slot;
+  mr_request *r = pool_take(&pool, &slot);
+  uint32_t gen = r->gen;
+  mr_buf body = r->body;                     /* keep its buffer across requests */
   memset(r, 0, sizeof *r);
   r->slot = slot;
   r->gen = gen;
@@ -56,30 +39,20 @@ void request_unref(mr_request *r) {
     r->on_close_ref = LUA_NOREF;
   }
   if (r->body.cap > 16 * MR_KIB) mr_buf_free(&r->body);   /* keep small buffers */
-  free_slots[nfree++] = r->slot;
+  pool_give(&pool, r->slot);
 }
 
-void request_pool_free(void) {
-  for (uint32_t i = 0; i < nslots; i++) {
-    mr_buf_free(&slots[i]->body);
-    free(slots[i]);
-  }
-  free(slots);
-  free(free_slots);
-  slots = NULL;
-  free_slots = NULL;
-  nslots = slots_cap = nfree = 0;
-}
+static void free_body(void *item) { mr_buf_free(&((mr_request *)item)->body); }
+
+void request_pool_free(void) { pool_free(&pool, free_body); }
 
 lua_Integer request_handle(const mr_request *r) {
   return (lua_Integer)(((uint64_t)r->gen << 32) | r->slot);
 }
 
 mr_request *request_from_handle(lua_Integer h) {
-  uint32_t slot = (uint32_t)((uint64_t)h & 0xffffffffu), gen = (uint32_t)((uint64_t)h >> 32);
-  if (slot >= nslots) return NULL;
-  mr_request *r = slots[slot];
-  return r->live && r->gen == gen ? r : NULL;
+  mr_request *r = pool_at(&pool, (uint32_t)((uint64_t)h & 0xffffffffu));
+  return r && r->live && r->gen == (uint32_t)((uint64_t)h >> 32) ? r : NULL;
 }
 
 mr_request *request_check(lua_State *L, int idx) {
@@ -121,7 +94,7 @@ static void push_route(lua_State *L, mr_request *r) {
   const char *name = NULL;
   if (co) {
     while (lua_getstack(co, level + 1, &ar)) level++;
-    if (lua_getstack(co, level, &ar)) name = lua_getlocal(co, &ar, 3);
+    if (lua_getstack(co, level, &ar)) name = lua_getlocal(co, &ar, 2);
   }
   if (name && strcmp(name, "req") == 0 && lua_istable(co, -1)) {
     lua_pushliteral(co, "route");

@@ -13,7 +13,7 @@
 
 typedef struct mr_request {
   mr_exchange ex;               /* first: HTTP's view of it */
-  mr_task main;                 /* runs serve(app, handle) */
+  mr_task main;                 /* runs serve(handle) */
   uint32_t slot, gen;           /* the handle; gen changes on every reuse */
   int live;
   int refs;                     /* HTTP until on_end, plus each task not yet released */
@@ -37,10 +37,10 @@ enum {
 };
 #define S_METHODS_MAX 64
 void strings_init(lua_State *L);
-static inline int strings_push(lua_State *L) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, mr_srv.strings_ref);
-  return lua_gettop(L);
-}
+/* Pushes fn as a C closure whose upvalue S_X is that string (and upvalue
+ * S__COUNT the table, for method names at S__COUNT + method). */
+void strings_closure(lua_State *L, lua_CFunction fn);
+#define STR(x) lua_upvalueindex(x)
 
 /* request.c: the pool, handles and ownership. */
 mr_request *request_alloc(void);         /* a fresh request; refs is 0 */
@@ -59,7 +59,7 @@ void request_pool_free(void);
 
 /* exchange.c: where HTTP hands requests to Lua. */
 void request_open(lua_State *L);         /* metatables, strings, and HTTP's callbacks */
-extern const luaL_Reg request_funcs[];
+int request_build(lua_State *L);         /* request(handle) → req; a strings_closure */
 
 /* body.c: req.body readers. */
 void body_open(lua_State *L);
@@ -68,7 +68,7 @@ void body_received(mr_request *r, const char *p, size_t n);   /* n == 0: the end
 void body_wake_all(mr_request *r);       /* the request ended: readers see "closed" */
 
 /* response.c */
-extern const luaL_Reg response_funcs[];
+int response_send(lua_State *L);         /* send(handle, res); a strings_closure */
 
 /* stream.c: the response writer. */
 extern const luaL_Reg stream_funcs[];

@@ -102,7 +102,7 @@ static int push_body_method(lua_State *L, int idx) {
 /* send(handle, response) → nothing when the response is complete; the body
  * when it is an iterator function; the body and its __moonring_body method
  * when it is a custom kind. */
-static int response_send(lua_State *L) {
+int response_send(lua_State *L) {
   mr_request *r = request_check(L, 1);
   mr_exchange *ex = &r->ex;
   if (ex->flags & EX_HEAD_SENT) return luaL_error(L, "response already sent");
@@ -110,14 +110,16 @@ static int response_send(lua_State *L) {
     return bad_response(L, "the handler returned %s, expected a response table",
                       luaL_typename(L, 2));
   lua_settop(L, 2);
-  int S = strings_push(L);
-  lua_rawgeti(L, S, S_STATUS);
-  lua_gettable(L, 2);
-  lua_rawgeti(L, S, S_HEADERS);
-  lua_gettable(L, 2);
-  lua_rawgeti(L, S, S_BODY);
-  lua_gettable(L, 2);
-  lua_remove(L, S);                         /* 3 status, 4 headers, 5 body */
+  /* raw reads unless the table has a metatable (whose __index may answer) */
+  int meta = lua_getmetatable(L, 2);
+  if (meta) lua_pop(L, 1);
+  int (*get)(lua_State *, int) = meta ? lua_gettable : lua_rawget;
+  lua_pushvalue(L, STR(S_STATUS));
+  get(L, 2);
+  lua_pushvalue(L, STR(S_HEADERS));
+  get(L, 2);
+  lua_pushvalue(L, STR(S_BODY));
+  get(L, 2);                                /* 3 status, 4 headers, 5 body */
 
   int status = 200;
   if (!lua_isnil(L, 3)) {
@@ -208,7 +210,3 @@ static int response_send(lua_State *L) {
   return 2;
 }
 
-const luaL_Reg response_funcs[] = {
-  {"send", response_send},
-  {NULL, NULL},
-};

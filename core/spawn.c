@@ -11,6 +11,7 @@
  * (a later join still gets it). A task that wrote part of its request's
  * response body and then fails cuts the connection, as the main task would. */
 #include "request.h"
+#include "pool.h"
 #include <stdlib.h>
 
 #define TASK_MT "moonring.task"
@@ -23,30 +24,12 @@ static const mr_task_ops spawn_ops;
 
 /* ---- the pool --------------------------------------------------------- */
 
-static mr_task **slots;
-static uint32_t nslots, slots_cap, *free_slots, nfree;
+static mr_pool pool = { .size = sizeof(mr_task) };
 
 static mr_task *task_alloc(void) {
-  mr_task *t;
-  if (nfree) {
-    t = slots[free_slots[--nfree]];
-  } else {
-    if (nslots == slots_cap) {
-      uint32_t cap = slots_cap ? slots_cap * 2 : 64;
-      mr_task **sp = realloc(slots, sizeof *sp * cap);
-      if (!sp) mr_oom();
-      slots = sp;
-      uint32_t *fp = realloc(free_slots, sizeof *fp * cap);
-      if (!fp) mr_oom();
-      free_slots = fp;
-      slots_cap = cap;
-    }
-    t = calloc(1, sizeof *t);
-    if (!t) mr_oom();
-    t->slot = nslots;
-    slots[nslots++] = t;
-  }
-  uint32_t slot = t->slot, gen = t->gen;
+  uint32_t slot;
+  mr_task *t = pool_take(&pool, &slot);
+  uint32_t gen = t->gen;
   memset(t, 0, sizeof *t);
   t->slot = slot;
   t->gen = gen;
@@ -65,13 +48,12 @@ static void task_free(mr_task *t) {
   t->gen++;
   t->state = TASK_DONE;
   t->co = NULL;
-  free_slots[nfree++] = t->slot;
+  pool_give(&pool, t->slot);
 }
 
 static mr_task *from_ref(const mr_taskref *ref) {
-  if (ref->slot >= nslots) return NULL;
-  mr_task *t = slots[ref->slot];
-  return t->gen == ref->gen ? t : NULL;
+  mr_task *t = pool_at(&pool, ref->slot);
+  return t && t->gen == ref->gen ? t : NULL;
 }
 
 static mr_task *check_task(lua_State *L, int idx) {
@@ -80,18 +62,13 @@ static mr_task *check_task(lua_State *L, int idx) {
   return t;
 }
 
-void spawn_pool_free(void) {
-  for (uint32_t i = 0; i < nslots; i++) free(slots[i]);
-  free(slots);
-  free(free_slots);
-  slots = NULL;
-  free_slots = NULL;
-  nslots = slots_cap = nfree = 0;
-}
+void spawn_pool_free(void) { pool_free(&pool, NULL); }
 
 void spawn_cancel_all(void) {
-  for (uint32_t i = 0; i < nslots; i++)
-    if (slots[i]->co) task_cancel(slots[i]);
+  for (uint32_t i = 0; i < pool.n; i++) {
+    mr_task *t = pool.items[i];
+    if (t->co) task_cancel(t);
+  }
 }
 
 /* ---- the end of a spawned task ---------------------------------------- */

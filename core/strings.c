@@ -1,8 +1,9 @@
 /* strings.c — the strings the request path pushes on every request (table
  * keys, method names, protocol names), interned once at startup into one
  * registry table, which also holds the request table's metatable (S_REQ_MT,
- * set by request.c). Pushing one is an array read; lua_setfield with a
- * literal would hash-and-compare it each time. */
+ * set by exchange.c). The functions on the request path get them as
+ * upvalues (strings_closure): pushing an upvalue is cheaper than reading a
+ * table, and far cheaper than lua_setfield hashing a literal each time. */
 #include "request.h"
 
 static const char *const names[S__COUNT] = {
@@ -29,4 +30,13 @@ void strings_init(lua_State *L) {
   HTTP_ALL_METHOD_MAP(METHOD)
 #undef METHOD
   mr_srv.strings_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void strings_closure(lua_State *L, lua_CFunction fn) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, mr_srv.strings_ref);
+  int t = lua_gettop(L);
+  for (int i = 1; i < S__COUNT; i++) lua_rawgeti(L, t, i);
+  lua_pushvalue(L, t);                       /* the table itself: method names */
+  lua_pushcclosure(L, fn, S__COUNT);
+  lua_remove(L, t);
 }

@@ -108,8 +108,18 @@ static const luaL_Reg timeout_methods[] = {
   {NULL, NULL},
 };
 
+/* moonring.now() → seconds since the epoch, with a fraction (the wall
+ * clock, read at each call: for timestamps and durations in handlers). */
+static int l_now(lua_State *L) {
+  uv_timeval64_t tv;
+  if (uv_gettimeofday(&tv) < 0) return luaL_error(L, "moonring.now: the clock cannot be read");
+  lua_pushnumber(L, (lua_Number)tv.tv_sec + (lua_Number)tv.tv_usec / 1e6);
+  return 1;
+}
+
 const luaL_Reg timer_funcs[] = {
   {"sleep", l_sleep},
+  {"now", l_now},
   {"timeout", l_timeout},
   {NULL, NULL},
 };

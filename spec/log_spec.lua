@@ -36,6 +36,22 @@ describe("access log", function()
     end)
   end)
 
+  it("counts the body bytes of the server's own 500 and 504 answers", function()
+    helper.with_server({ files = {
+      ["boom.lua"] = [[return function(req) error("x") end]],
+      ["never.lua"] = [[return function(req, respond, raise) end]],
+    }, args = { "--request-timeout", "0.3" } }, function(server)
+      local r500 = helper.get(server.port, "/boom")
+      local r504 = helper.get(server.port, "/never")
+      assert.are.equal(500, r500.status)
+      assert.are.equal(504, r504.status)
+      assert.is_truthy(server:wait_stderr('"GET /never HTTP/1%.1" 504'), server:stderr_text())
+      local text = server:stderr_text()
+      assert.matches('"GET /boom HTTP/1%.1" 500 ' .. #r500.body .. ' ', text)
+      assert.matches('"GET /never HTTP/1%.1" 504 ' .. #r504.body .. ' ', text)
+    end)
+  end)
+
   it("writes to the file given with --access-log PATH", function()
     local dir = helper.tmpdir("log")
     local path = dir .. "/access.log"

@@ -11,6 +11,7 @@ local moonring = {
   channel = core.channel,         -- channel([size]) → ch with put, take, close
   select = core.select,           -- select{ ch, {ch, v}, timeout, ... } → op, value
   timeout = core.timeout,         -- timeout(seconds) → a deadline for select
+  now = core.now,                 -- now() → wall-clock seconds since the epoch (fraction: µs)
   call = handler.call,            -- call(h, req [, respond, raise])
   middleware = handler.middleware,
 }

@@ -18,19 +18,23 @@ getmetatable(core.channel()).__moonring_body = function(ch, out)
   end
 end
 
-return function(app, handle)
-  local req = request(handle)
-  local res = app(req)
-  local body, method = send(handle, res)
-  if body == nil then return end          -- complete already
-  if method then
-    method(body, writer(handle), res)
-  else
-    while true do
-      local chunk = body()
-      if chunk == nil then break end
-      if not write(handle, chunk) then return end
+-- serve(app) → the function every request's main task runs with its
+-- handle (the app is an upvalue: one lookup less per request).
+return function(app)
+  return function(handle)
+    local req = request(handle)
+    local res = app(req)
+    local body, method = send(handle, res)
+    if not body then return end          -- complete already
+    if method then
+      method(body, writer(handle), res)
+    else
+      while true do
+        local chunk = body()
+        if chunk == nil then break end
+        if not write(handle, chunk) then return end
+      end
     end
+    finish(handle)
   end
-  finish(handle)
 end
