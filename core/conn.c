@@ -133,6 +133,7 @@ typedef struct write_req {
 
 static void write_cb(uv_write_t *req, int status) {
   mr_conn *c = req->handle->data;
+  c->pending -= ((write_req *)req)->buf.len;
   free(req);
   c->writes--;
   if (c->flags & CONN_CLOSING) return;
@@ -178,6 +179,7 @@ int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
     return rc;
   }
   c->writes++;
+  c->pending += off;
   c->queued_bytes += off;
   /* Output the client takes none of for --idle-timeout ends the connection. */
   arm_send(c);

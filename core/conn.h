@@ -23,6 +23,7 @@ typedef struct mr_conn {
   struct mr_conn *prev, *next;
   unsigned flags;
   unsigned writes;              /* uv_write requests in flight */
+  size_t pending;               /* their bytes: freed only when their callback runs */
   uint64_t expire;              /* loop time (ms) of the next timeout, 0 = none */
   uint64_t queued_bytes;        /* ever handed to uv_write */
   uint64_t sent_mark;           /* bytes of those sent when the send timeout was armed */
@@ -50,8 +51,10 @@ void conn_accept(mr_server *s);
  * The buffers may be reused as soon as this returns. Returns 0 or a uv error
  * (the connection is then closing). */
 int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n);
-/* Bytes handed to conn_write that the socket has not taken yet. */
-static inline size_t conn_queued(const mr_conn *c) { return c->tcp.write_queue_size; }
+/* Bytes handed to conn_write that this connection still holds: queued for
+ * the socket, or written but not yet released by libuv's write callback
+ * (which runs on a later loop iteration). What backpressure must bound. */
+static inline size_t conn_queued(const mr_conn *c) { return c->pending; }
 enum {
   CONN_CLOSE_GRACEFUL,          /* after what is queued is written; then drain input a moment */
   CONN_CLOSE_RESET,             /* at once, with a reset: the client sees a cut response */

@@ -47,7 +47,9 @@ void log_access(const char *remote, const char *method, size_t mlen, const char 
 }
 
 void log_flush(void) {
-  if (access_dirty) {
+  /* When the access log is stderr, stderr is fully buffered: what handlers
+   * write there (io.stderr) must not wait for the next access line. */
+  if (access_dirty || access_file == stderr) {
     fflush(access_file);
     access_dirty = 0;
   }

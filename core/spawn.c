@@ -110,16 +110,18 @@ static void spawn_ended(mr_task *t, int status, int nres) {
     keep_results(t, 1, nres);
   } else {
     int quiet = (t->flags & TF_CANCELLED) && task_is_cancel_error(co, -1);
-    if (!quiet && !joined) {
+    mr_request *r = t->req;
+    /* It wrote part of the body: the body is cut short, which cancels its
+     * joiners too, so the error is logged even if one waits. */
+    int cuts = !quiet && r && (t->flags & TF_WROTE) && r->ex.http &&
+               (r->ex.flags & EX_HEAD_SENT) && !(r->ex.flags & EX_RESP_DONE);
+    if (!quiet && (!joined || cuts)) {
       const char *trace = task_push_failure(t, L);
-      if (t->req) request_log_failure(t->req, t, trace);
+      if (r) request_log_failure(r, t, trace);
       else log_error("task %u: %s", (unsigned)t->slot, trace);
       lua_pop(L, 1);
     }
-    mr_request *r = t->req;
-    if (!quiet && r && (t->flags & TF_WROTE) && r->ex.http && (r->ex.flags & EX_HEAD_SENT) &&
-        !(r->ex.flags & EX_RESP_DONE))
-      http_abort(&r->ex);                    /* its part of the body is cut short */
+    if (cuts) http_abort(&r->ex);
     lua_pushvalue(co, -1);
     keep_results(t, 0, 1);
   }

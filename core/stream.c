@@ -44,6 +44,27 @@ static int write_k(lua_State *L, int status, lua_KContext handle) {
   return 1;
 }
 
+/* Queues one chunk of r's body (chunk framing when chunked). Returns 0, or
+ * -1 when the write failed: the client is gone. */
+static int put_chunk(mr_request *r, const char *s, size_t len) {
+  mr_exchange *ex = &r->ex;
+  char size[24];
+  uv_buf_t bufs[3];
+  unsigned n = 0;
+  if (ex->flags & EX_CHUNKED) {
+    int sn = snprintf(size, sizeof size, "%zx\r\n", len);
+    bufs[n++] = uv_buf_init(size, (unsigned)sn);
+    bufs[n++] = uv_buf_init((char *)s, (unsigned)len);
+    bufs[n++] = uv_buf_init("\r\n", 2);
+  } else {
+    bufs[n++] = uv_buf_init((char *)s, (unsigned)len);
+  }
+  http_write(ex, bufs, n);
+  ex->bytes_out += len;
+  task_note_output(len);
+  return ex->http ? 0 : -1;
+}
+
 /* Writes the string at `idx` as the next piece of r's body. Returns true,
  * or nil, "closed" once the client is gone; parks first while the client is
  * slower than the producer. */
@@ -55,28 +76,20 @@ static int write_chunk(lua_State *L, mr_request *r, int idx) {
   if (!(ex->flags & EX_HEAD_SENT)) return luaL_error(L, "write before the response head was sent");
   mr_task *t = task_current(L);
   if (len) {
-    char size[24];
-    uv_buf_t bufs[3];
-    unsigned n = 0;
-    if (ex->flags & EX_CHUNKED) {
-      int sn = snprintf(size, sizeof size, "%zx\r\n", len);
-      bufs[n++] = uv_buf_init(size, (unsigned)sn);
-      bufs[n++] = uv_buf_init((char *)s, (unsigned)len);
-      bufs[n++] = uv_buf_init("\r\n", 2);
-    } else {
-      bufs[n++] = uv_buf_init((char *)s, (unsigned)len);
-    }
-    http_write(ex, bufs, n);
-    ex->bytes_out += len;
     if (t && t->req == r) t->flags |= TF_WROTE;
-    if (!ex->http) return closed(L, "closed"); /* the write failed: the client is gone */
+    if (put_chunk(r, s, len) < 0) return closed(L, "closed");
   }
-  if (t && http_queued(ex) > mr_srv.cfg.write_buffer && task_can_yield(L)) {
-    if (t->flags & TF_CANCELLED) return closed(L, "cancelled");
-    t->node.task = t;
-    t->node.co = L;
-    waitq_push(&r->drainers, &t->node);
-    return task_park(L, t, WAIT_DRAIN, unqueue, r, write_k, (lua_KContext)request_handle(r));
+  if (t && task_can_yield(L)) {
+    int full = http_queued(ex) > mr_srv.cfg.write_buffer;
+    if ((t->flags & TF_CANCELLED) && (full || task_output_heavy())) return closed(L, "cancelled");
+    if (full) {
+      t->node = (mr_wnode){.task = t, .co = L};
+      waitq_push(&r->drainers, &t->node);
+      return task_park(L, t, WAIT_DRAIN, unqueue, r, write_k, (lua_KContext)request_handle(r));
+    }
+    /* a fast client never makes it wait: after enough output, the others
+     * get their turn anyway */
+    if (task_output_heavy()) return task_yield_turn(L, t, write_k, (lua_KContext)request_handle(r));
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -131,6 +144,26 @@ static int out_write(lua_State *L) {
   return write_chunk(L, r, 2);
 }
 
+/* out:try_write(s) → true; false, "full" (nothing written) while more than
+ * --write-buffer bytes wait for this client; nil, "closed" once it is gone.
+ * Never waits: for one task writing to many clients (fan-out), where a slow
+ * one must not hold up the rest. */
+static int out_try_write(lua_State *L) {
+  mr_out *o = luaL_checkudata(L, 1, OUT_MT);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  mr_request *r = request_from_handle(o->handle);
+  if (!r || !r->ex.http || (r->ex.flags & EX_RESP_DONE)) return closed(L, "closed");
+  if (http_queued(&r->ex) > mr_srv.cfg.write_buffer) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "full");
+    return 2;
+  }
+  if (len && put_chunk(r, s, len) < 0) return closed(L, "closed");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* out:close(): ends the body (also done when the body function returns). */
 static int out_close(lua_State *L) {
   mr_out *o = luaL_checkudata(L, 1, OUT_MT);
@@ -156,6 +189,7 @@ static int out_tostring(lua_State *L) {
 
 static const luaL_Reg out_methods[] = {
   {"write", out_write},
+  {"try_write", out_try_write},
   {"close", out_close},
   {"closed", out_closed},
   {NULL, NULL},

@@ -104,6 +104,9 @@ static void give_back(mr_task *t, int reusable) {
 
 static mr_task *rq_head, *rq_tail;
 static int draining;
+static size_t slice_out;        /* output bytes written by the running slice */
+static mr_waitq turn_waiters;   /* tasks giving the loop a turn (task_yield_turn) */
+static uv_idle_t turn_idle;     /* wakes them on the next iteration */
 static uv_prepare_t rq_prepare;
 static uv_check_t rq_check;
 static int rq_armed;
@@ -168,11 +171,39 @@ void task_queue(mr_task *t, int nargs) {
   enqueue(t);
 }
 
+/* ---- giving the loop a turn ------------------------------------------ */
+
+void task_note_output(size_t n) { slice_out += n; }
+
+int task_output_heavy(void) { return slice_out > 16 * mr_srv.cfg.write_buffer; }
+
+/* Runs in the idle phase, so the poll that follows does not block: the
+ * waiters are queued and run in the prepare phase, after the I/O callbacks
+ * of the previous poll and before the next one. */
+static void turn_cb(uv_idle_t *h) {
+  uv_idle_stop(h);
+  while (turn_waiters.head) {
+    mr_wnode *n = turn_waiters.head;
+    waitq_remove(n);
+    task_wake(n->task, 0);
+  }
+}
+
+static void turn_cancel(mr_task *t) { waitq_remove(&t->node); }
+
+int task_yield_turn(lua_State *L, mr_task *t, lua_KFunction k, lua_KContext ctx) {
+  t->node = (mr_wnode){.task = t, .co = L};
+  waitq_push(&turn_waiters, &t->node);
+  uv_idle_start(&turn_idle, turn_cb);
+  return task_park(L, t, WAIT_TURN, turn_cancel, NULL, k, ctx);
+}
+
 void task_init(lua_State *L) {
   lua_newtable(L);
   threads_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   uv_prepare_init(mr_srv.loop, &rq_prepare);
   uv_check_init(mr_srv.loop, &rq_check);
+  uv_idle_init(mr_srv.loop, &turn_idle);
 }
 
 void task_free_all(void) {
@@ -375,6 +406,7 @@ static void resume(mr_task *t) {
     running = t;
     co_now = co;
     chain_ok = 1;
+    slice_out = 0;
     budget_enter(t, co, 1);
     status = lua_resume(co, L, nargs, &nres);
     budget_leave();

@@ -33,7 +33,7 @@ enum {
 };
 
 enum { WAIT_NONE, WAIT_SLEEP, WAIT_BODY, WAIT_DRAIN, WAIT_JOIN, WAIT_CHANNEL, WAIT_SELECT,
-       WAIT_PROMISE };
+       WAIT_PROMISE, WAIT_TURN };
 enum { WAKE_OK, WAKE_CANCEL };
 
 /* A task's place in one wait queue. A task waiting on one thing uses the node
@@ -142,6 +142,13 @@ int task_raise_cancelled(lua_State *L);
 void task_cancel(mr_task *t);
 /* Runs queued tasks until none is left. */
 void task_run(void);
+/* Output written by the running slice: a task that writes fast to a fast
+ * client never waits, so after enough of it, it gives the loop a turn. */
+void task_note_output(size_t n);
+int task_output_heavy(void);
+/* Parks t until the loop's next iteration (I/O is read, other tasks run),
+ * then resumes it in `k`. Use as `return task_yield_turn(L, t, k, ctx);` */
+int task_yield_turn(lua_State *L, mr_task *t, lua_KFunction k, lua_KContext ctx);
 /* Pushes onto L "message\nstack traceback..." for t's failure (the error on
  * top of t->co); uses a traceback noted by raise() when it names the same
  * error. Never raises. */

@@ -10,7 +10,10 @@
 --
 -- The source is a function(events) that sends events until it returns, or a
 -- channel: every value put on it (a string, or an event table) is sent until
--- it is closed. A heartbeat comment goes out every `heartbeat` seconds so
+-- it is closed. For fan-out to many clients, keep each subscriber's `events`
+-- in a table, encode each event once (sse.encode) and write it to every
+-- subscriber with events.out:try_write(text), which never waits; the source
+-- itself just calls events:wait(). A heartbeat comment goes out every `heartbeat` seconds so
 -- proxies keep the connection and a client that left is noticed. When the
 -- client leaves, sends return nil, "closed" (or "cancelled") and waits raise
 -- "cancelled": the stream ends cleanly, and req.on_close callbacks run.
@@ -64,12 +67,26 @@ function Events:send(ev)
   return self.out:write(sse.encode(ev))
 end
 
+-- events:try_send(event) → true; false, "full" (not sent) while the client
+-- is behind by more than --write-buffer; nil, "closed". Never waits.
+function Events:try_send(ev)
+  return self.out:try_write(sse.encode(ev))
+end
+
 function Events:comment(text)
   return self.out:write(sse.encode { comment = text or "" })
 end
 
+-- events:wait(): waits until the client leaves or events:close() is called:
+-- for a stream others write to (fan-out), whose source has nothing else to do.
+function Events:wait()
+  if not self.done then self.done = moonring.channel() end
+  self.done:take()
+end
+
 function Events:close()
   self.out:close()
+  if self.done then self.done:close() end
 end
 
 -- response(req, source, opts) → a response table whose body is the stream.
