@@ -6,6 +6,13 @@ const http = require('http');
 
 const port = Number(process.argv[2] || 0);
 
+// GET /stream: one precomputed 64 KiB chunk, as in bench/app/stream.lua.
+const CHUNK = Buffer.from('0123456789abcdef'.repeat(4096));
+
+// GET /events subscribers, fed by POST /publish (bench/app/events.lua,
+// publish.lua): the open responses, each dropped when its client leaves.
+const subscribers = new Set();
+
 function send(res, status, type, body) {
   res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
   res.end(body);
@@ -30,6 +37,36 @@ const server = http.createServer((req, res) => {
       `<html><body><p>Hello, World!</p><p>PATH=${path}</p><p>RESULT: ${a}*${b}=${Math.floor(a * b)}</p></body></html>\n`);
   } else if (path === '/sleep') {
     setTimeout(() => send(res, 200, 'text/plain', 'slept 100 ms\n'), 100);
+  } else if (path === '/stream') {
+    // ?mib=N (default 1024) MiB in 64 KiB chunks; a write that fills the
+    // socket's buffer waits for 'drain' (backpressure), as moonring's out:write.
+    const mib = Number(parseQuery(q < 0 ? '' : req.url.slice(q + 1)).mib) || 1024;
+    let left = mib * 16;
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    const pump = () => {
+      while (left > 0) {
+        left--;
+        if (!res.write(CHUNK)) { if (!res.destroyed) res.once('drain', pump); return; }
+      }
+      res.end();
+    };
+    pump();
+  } else if (path === '/events') {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.flushHeaders();
+    subscribers.add(res);
+    // A comment every 15 s, as moonring.sse's default heartbeat.
+    const heartbeat = setInterval(() => res.write(':\n\n'), 15000);
+    res.on('close', () => { clearInterval(heartbeat); subscribers.delete(res); });
+  } else if (path === '/publish' && req.method === 'POST') {
+    // The body is one event's data; answer as bench/app/publish.lua does.
+    const parts = [];
+    req.on('data', (d) => parts.push(d));
+    req.on('end', () => {
+      const event = `data: ${Buffer.concat(parts).toString('latin1')}\n\n`;
+      for (const sub of subscribers) sub.write(event);
+      send(res, 200, 'text/plain', `subscribers ${subscribers.size} dropped 0\n`);
+    });
   } else {
     send(res, 404, 'text/plain', 'Not Found\n');
   }
