@@ -10,10 +10,7 @@ local KIB = 1024
 local APP = {
   ["index.lua"] = [[return function(req) return { status = 200, body = "ok\n" } end]],
   ["_lib/state.lua"] = [[return { started = {}, after = {}, results = {}, on_close = {}, closed = {} }]],
-  ["state.lua"] = helper.DUMP .. [[
-local state = require "_lib.state"
-return function(req) return { status = 200, body = dump(state) } end
-]],
+  ["state.lua"] = helper.STATE_ROUTE,
   -- the work after a 10 s sleep, in the handler and in a spawned task
   ["sleep10.lua"] = [[
 local moonring = require "moonring"
@@ -105,24 +102,9 @@ local function with_app(args, fn)
   return helper.with_server({ files = APP, args = args or {} }, fn)
 end
 
-local function state_of(server)
-  local res = helper.get(server.port, "/state")
-  assert.are.equal(200, res.status, res.raw)
-  return helper.undump(res.body)
-end
+local state_of = helper.state
 
--- Polls /state until pred(state) holds or `timeout` passes. Returns the last
--- state and whether pred held.
-local function wait_state(server, pred, timeout)
-  local deadline = helper.now() + timeout
-  local st
-  repeat
-    st = state_of(server)
-    if pred(st) then return st, true end
-    helper.sleep(0.03)
-  until helper.now() > deadline
-  return st, false
-end
+local wait_state = helper.wait_state
 
 -- Opens a connection, sends GET path (keep-alive: no FIN from the request
 -- itself) and waits until the handler has marked `started` entries.

@@ -154,6 +154,13 @@ local function dump(v, seen)
 end
 ]==]
 
+-- The /state route of fixture apps: dumps the module table in
+-- _lib/state.lua (which the app's handlers record into) for helper.state.
+helper.STATE_ROUTE = helper.DUMP .. [[
+local state = require "_lib.state"
+return function(req) return { status = 200, body = dump(state) } end
+]]
+
 function helper.undump(text)
   local f, err = load("return " .. text, "=dump", "t", {})
   if not f then error("cannot load dump: " .. err .. "\n" .. tostring(text), 2) end
@@ -779,6 +786,26 @@ function helper.assert_serves(port, path)
       path or "/", res.status, res.raw), 2)
   end
   return res
+end
+
+-- The state a fixture app exposes on /state (helper.STATE_ROUTE).
+function helper.state(server)
+  local res = helper.get(server.port, "/state")
+  if res.status ~= 200 then error("GET /state answered " .. res.status .. "\n" .. res.raw, 2) end
+  return helper.undump(res.body)
+end
+
+-- Polls /state until pred(state) holds or `timeout` seconds pass. Returns the
+-- last state and whether pred held.
+function helper.wait_state(server, pred, timeout)
+  local deadline = helper.now() + (timeout or 2 * helper.slow)
+  local st
+  repeat
+    st = helper.state(server)
+    if pred(st) then return st, true end
+    helper.sleep(0.03)
+  until helper.now() > deadline
+  return st, false
 end
 
 -- Counts plain-text occurrences of `needle` in `text`.

@@ -9,10 +9,7 @@ local APP = {
   ["index.lua"] = [[return function(req) return { status = 200, body = "ok\n" } end]],
   ["hello.lua"] = [[return function(req) return { status = 200, body = "hello\n" } end]],
   ["_lib/state.lua"] = [[return { park_runs = 0, ran = {} }]],
-  ["state.lua"] = helper.DUMP .. [[
-local state = require "_lib.state"
-return function(req) return { status = 200, body = dump(state) } end
-]],
+  ["state.lua"] = helper.STATE_ROUTE,
   -- ?s=SECONDS; says on stderr when it starts
   ["park.lua"] = [[
 local moonring = require "moonring"
@@ -70,11 +67,7 @@ local function with_app(args, fn)
   return helper.with_server({ files = APP, args = args or {} }, fn)
 end
 
-local function state_of(server)
-  local res = helper.get(server.port, "/state")
-  assert.are.equal(200, res.status, res.raw)
-  return helper.undump(res.body)
-end
+local state_of = helper.state
 
 local function send_get(server, path)
   local c = helper.connect(server.port)

@@ -28,10 +28,7 @@ local APP = {
   ["index.lua"] = [[return function(req) return { status = 200, body = "ok\n" } end]],
   -- state shared by every route of the app (a module is loaded once)
   ["_lib/state.lua"] = [[return { tbc_closed = 0, cancel_close_started = 0 }]],
-  ["state.lua"] = helper.DUMP .. [[
-local state = require "_lib.state"
-return function(req) return { status = 200, body = dump(state) } end
-]],
+  ["state.lua"] = helper.STATE_ROUTE,
   ["slow.lua"] = [[
 local moonring = require "moonring"
 return function(req)
@@ -145,11 +142,7 @@ local function assert_full_sleep(server)
   assert.is_true(elapsed >= 0.95, string.format("/slow?s=1 answered after %.3fs, before its sleep was over", elapsed))
 end
 
-local function state_of(server)
-  local res = helper.get(server.port, "/state")
-  assert.are.equal(200, res.status, res.raw)
-  return helper.undump(res.body)
-end
+local state_of = helper.state
 
 describe("a waiting primitive called where the coroutine cannot yield", function()
   it("moonring.sleep in a table.sort comparator: 500, and the next request on the connection sleeps its full time", function()

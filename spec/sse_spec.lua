@@ -8,10 +8,7 @@ local APP = {
   ["index.lua"] = [[return function(req) return { status = 200, body = "ok\n" } end]],
   ["_lib/state.lua"] = [[return { send = {}, on_close = {}, started = {} }]],
   ["_lib/hub.lua"] = [[return { subs = {} }]],
-  ["state.lua"] = helper.DUMP .. [[
-local state = require "_lib.state"
-return function(req) return { status = 200, body = dump(state) } end
-]],
+  ["state.lua"] = helper.STATE_ROUTE,
   ["events.lua"] = [[
 local sse = require "moonring.sse"
 return function(req)
@@ -148,11 +145,7 @@ local function with_app(args, fn)
   return helper.with_server({ files = APP, args = args or {} }, fn)
 end
 
-local function state_of(server)
-  local res = helper.get(server.port, "/state")
-  assert.are.equal(200, res.status, res.raw)
-  return helper.undump(res.body)
-end
+local state_of = helper.state
 
 local function wait_for(fn, timeout)
   local deadline = helper.now() + timeout
@@ -164,14 +157,7 @@ local function wait_for(fn, timeout)
   return fn()
 end
 
-local function wait_state(server, pred, timeout)
-  local st
-  local ok = wait_for(function()
-    st = state_of(server)
-    return pred(st)
-  end, timeout)
-  return st, ok and true or false
-end
+local wait_state = helper.wait_state
 
 -- GET path (Connection: close) and the parsed, complete response.
 local function fetch(server, path, headers)

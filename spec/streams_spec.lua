@@ -12,10 +12,7 @@ local APP = {
   ["index.lua"] = [[return function(req) return { status = 200, body = "ok\n" } end]],
   -- state shared by every route of the app (a module is loaded once)
   ["_lib/state.lua"] = [[return { stream_calls = 0, flood_writes = 0 }]],
-  ["state.lua"] = helper.DUMP .. [[
-local state = require "_lib.state"
-return function(req) return { status = 200, body = dump(state) } end
-]],
+  ["state.lua"] = helper.STATE_ROUTE,
   -- three writes, a pause between them
   ["three.lua"] = [[
 local moonring = require "moonring"
@@ -144,11 +141,7 @@ local function with_app(args, fn)
   return helper.with_server({ files = APP, args = args or {} }, fn)
 end
 
-local function state_of(server)
-  local res = helper.get(server.port, "/state")
-  assert.are.equal(200, res.status, res.raw)
-  return helper.undump(res.body)
-end
+local state_of = helper.state
 
 -- VmRSS of a process in KiB.
 local function rss_kib(pid)
