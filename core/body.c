@@ -45,7 +45,11 @@ void body_received(mr_request *r, const char *p, size_t n) {
 
 void body_wake_all(mr_request *r) { wake_readers(r); }
 
-static void unqueue(mr_task *t) { waitq_remove(&t->node); }
+static void unqueue(mr_task *t) {
+  mr_request *r = t->wait_data;
+  waitq_remove(&t->node);
+  if (!r->readers.head) http_body_unwait(&r->ex);   /* nobody waits for the body now */
+}
 
 static int closed(lua_State *L, const char *why) {
   lua_pushnil(L);

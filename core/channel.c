@@ -25,7 +25,7 @@ typedef struct mr_channel {
 typedef struct mr_select {
   lua_State *co;                /* the coroutine waiting in select */
   uv_timer_t *timer;            /* for the earliest timeout; NULL if none */
-  int timeout_op;               /* that timeout's index in the ops table */
+  int timeout_idx;              /* that timeout object's stack index in `co` */
   int n;                        /* nodes in use */
   mr_wnode nodes[];             /* one per channel operation */
 } mr_select;
@@ -272,7 +272,7 @@ static void select_timer_cb(uv_timer_t *tm) {
   mr_select *s = t->wait_data;
   lua_State *co = t->co;
   lua_checkstack(co, 2);
-  lua_rawgeti(s->co, 1, s->timeout_op);       /* the timeout object, from the ops table */
+  lua_pushvalue(s->co, s->timeout_idx);      /* the timeout object, kept on select's frame */
   lua_xmove(s->co, co, 1);
   select_unlink(s);
   task_wake(t, 1);
@@ -288,7 +288,7 @@ static int select_k(lua_State *L, int status, lua_KContext ctx) {
  * for a put the value above it. */
 enum { OP_TAKE, OP_PUT, OP_TIMEOUT };
 
-static int op_kind(lua_State *L, int i, uint64_t *deadline) {
+static int op_kind(lua_State *L, int i, uint64_t *deadline, int raise) {
   int type = lua_rawgeti(L, 1, i);
   if (test_channel(L, -1)) return OP_TAKE;
   if (timeout_deadline(L, -1, deadline)) {
@@ -303,6 +303,7 @@ static int op_kind(lua_State *L, int i, uint64_t *deadline) {
       return OP_PUT;
     }
   }
+  if (!raise) return -1;
   return luaL_error(L, "moonring.select: op %d is not a channel, {channel, value} or a timeout", i);
 }
 
@@ -318,7 +319,7 @@ static int l_select(lua_State *L) {
   int timeout_op = 0, nchan = 0;
   for (int i = 1; i <= nops; i++) {
     uint64_t deadline;
-    int kind = op_kind(L, i, &deadline);
+    int kind = op_kind(L, i, &deadline, 1);
     int top = lua_gettop(L);
     if (kind == OP_TIMEOUT) {
       if (deadline <= now) {
@@ -351,28 +352,45 @@ static int l_select(lua_State *L) {
   mr_task *t = task_check(L, "moonring.select");
   task_check_yieldable(L, "moonring.select");
   if (t->flags & TF_CANCELLED) return task_raise_cancelled(L);
-  /* Park: the put values stay on this frame's stack (at 3, 4, ...) where
-   * takers find them; the nodes live in a userdata at 2. */
+  /* Park: the nodes live in a userdata at 2; every channel (and its put
+   * value, where takers find it) stays on this frame's stack, so the ops
+   * table may change meanwhile without freeing a queue a node is in. */
+  luaL_checkstack(L, 2 * nchan + 4, "moonring.select: too many operations");
   mr_select *s = lua_newuserdatauv(L, sizeof *s + sizeof(mr_wnode) * (size_t)nchan, 0);
   s->co = L;
   s->timer = NULL;
-  s->timeout_op = timeout_op;
+  s->timeout_idx = 0;
   s->n = 0;
-  for (int i = 1; i <= nops; i++) {
+  int changed = 0;
+  for (int i = 1; i <= nops && !changed; i++) {
     uint64_t deadline;
-    int kind = op_kind(L, i, &deadline);
-    if (kind == OP_TIMEOUT) continue;
+    /* A finalizer run by the allocation above may have changed the table:
+     * whatever differs from the first pass stops the select cleanly. */
+    int kind = op_kind(L, i, &deadline, 0);
+    if (kind < 0 || (kind != OP_TIMEOUT && s->n == nchan)) {
+      changed = 1;
+      break;
+    }
+    if (kind == OP_TIMEOUT) {
+      if (i == timeout_op) {
+        lua_rawgeti(L, 1, i);
+        s->timeout_idx = lua_gettop(L);
+      }
+      continue;
+    }
     mr_wnode *n = &s->nodes[s->n++];
     *n = (mr_wnode){.task = t, .co = L, .index = i};
     mr_channel *c = lua_touserdata(L, kind == OP_PUT ? -2 : -1);
     if (kind == OP_PUT) {
-      lua_remove(L, -2);                     /* keep the value, drop the channel */
-      n->vidx = lua_gettop(L);
+      n->vidx = lua_gettop(L);               /* the value, above its channel */
       waitq_push(&c->putters, n);
     } else {
-      lua_pop(L, 1);
       waitq_push(&c->takers, n);
     }
+  }
+  if (changed || (timeout_op && !s->timeout_idx)) {
+    select_unlink(s);
+    return luaL_error(L, "moonring.select: the ops table changed while select started");
   }
   if (timeout_op) {
     s->timer = malloc(sizeof *s->timer);

@@ -29,22 +29,30 @@ void conn_arm(mr_conn *c, uint64_t ms) { c->expire = ms ? uv_now(mr_srv.loop) + 
 /* Bytes of queued output the socket has taken so far. */
 static uint64_t sent_bytes(const mr_conn *c) { return c->queued_bytes - c->tcp.write_queue_size; }
 
+/* The send timeout has a deadline of its own: it must not replace (or be
+ * replaced by) the layer above's, e.g. the request deadline of a pipelined
+ * request whose predecessor's response is still being written. */
 static void arm_send(mr_conn *c) {
   c->sent_mark = sent_bytes(c);
-  conn_arm(c, mr_srv.cfg.idle_timeout_ms);
+  c->send_expire = uv_now(mr_srv.loop) + mr_srv.cfg.idle_timeout_ms;
 }
 
-void conn_expired(mr_conn *c) {
-  c->expire = 0;
-  if (c->writes && sent_bytes(c) > c->sent_mark) {
-    arm_send(c);                     /* a slow reader, but a reader: more time */
-  } else if (c->flags & CONN_SHUTDOWN) {
-    conn_close(c, CONN_CLOSE_NOW);   /* linger over, or the last writes are stuck */
-  } else if (c->writes) {
-    conn_close(c, CONN_CLOSE_RESET); /* the client stopped reading our output */
-  } else {
-    ev->on_expired(c);
+void conn_expired(mr_conn *c, uint64_t now) {
+  if (c->send_expire && now >= c->send_expire) {
+    c->send_expire = 0;
+    if (c->writes && sent_bytes(c) > c->sent_mark) {
+      arm_send(c);                     /* a slow reader, but a reader: more time */
+    } else if (c->writes || (c->flags & CONN_SHUTDOWN)) {
+      /* the client stopped reading our output (or the last writes are stuck) */
+      conn_close(c, (c->flags & CONN_SHUTDOWN) ? CONN_CLOSE_NOW : CONN_CLOSE_RESET);
+      return;
+    }
   }
+  if (!c->expire || now < c->expire) return;
+  c->expire = 0;
+  if (c->flags & CONN_SHUTDOWN) conn_close(c, CONN_CLOSE_NOW);   /* linger over */
+  else if (c->writes) c->expire = c->send_expire;   /* output still moving: after it */
+  else ev->on_expired(c);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -142,6 +150,7 @@ static void write_cb(uv_write_t *req, int status) {
     return;
   }
   if (c->writes) arm_send(c);        /* output moves: more time */
+  else c->send_expire = 0;
   if (!(c->flags & CONN_GONE)) ev->on_drained(c);
 }
 
@@ -206,6 +215,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
 
 void conn_close(mr_conn *c, int how) {
   if (c->flags & CONN_CLOSING) return;
+  if (how == CONN_CLOSE_GRACEFUL && (c->flags & CONN_SHUTDOWN)) return;   /* under way */
   if (!(c->flags & CONN_GONE)) {
     c->flags |= CONN_GONE;
     ev->on_close(c);

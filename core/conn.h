@@ -24,7 +24,8 @@ typedef struct mr_conn {
   unsigned flags;
   unsigned writes;              /* uv_write requests in flight */
   size_t pending;               /* their bytes: freed only when their callback runs */
-  uint64_t expire;              /* loop time (ms) of the next timeout, 0 = none */
+  uint64_t expire;              /* loop time (ms) of the layer above's timeout, 0 = none */
+  uint64_t send_expire;         /* loop time (ms) by which queued output must move, 0 = none */
   uint64_t queued_bytes;        /* ever handed to uv_write */
   uint64_t sent_mark;           /* bytes of those sent when the send timeout was armed */
   char remote[46];
@@ -68,8 +69,11 @@ void conn_release(mr_conn *c);
 void conn_arm(mr_conn *c, uint64_t ms);
 static inline void conn_disarm(mr_conn *c) { c->expire = 0; }
 static inline int conn_armed(const mr_conn *c) { return c->expire != 0; }
-/* Called by the sweep once c->expire has passed. */
-void conn_expired(mr_conn *c);
+/* Called by the sweep once c->expire or c->send_expire has passed. */
+void conn_expired(mr_conn *c, uint64_t now);
+static inline int conn_due(const mr_conn *c, uint64_t now) {
+  return (c->expire && now >= c->expire) || (c->send_expire && now >= c->send_expire);
+}
 /* Called by the sweep for a connection whose reading is held: a reset the
  * client sent meanwhile is noticed here rather than at the next read. */
 void conn_check_reset(mr_conn *c);

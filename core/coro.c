@@ -107,7 +107,10 @@ static int wrap_done(lua_State *L, lua_State *co, int r) {
   if (r >= 0) return r;
   int st = lua_status(co);
   if (st != LUA_OK && st != LUA_YIELD) {
+    lua_State *saved;                        /* its __close handlers run on co: the */
+    int saved_ok = task_nested_enter(L, co, &saved);   /* CPU budget must watch co */
     st = lua_resetthread(co);
+    task_nested_leave(saved, saved_ok);
     if (lua_gettop(co) > 0) {
       lua_pop(L, 1);
       lua_xmove(co, L, 1);
@@ -123,6 +126,7 @@ static int wrap_done(lua_State *L, lua_State *co, int r) {
 
 static int wrap_k(lua_State *L, int status, lua_KContext base) {
   lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  if (!co) return luaL_error(L, "coroutine.wrap: its coroutine was replaced (debug.setupvalue)");
   task_nested_unpark(co);
   int r = resume_co(L, co, lua_gettop(L));
   if (r == -2) return park_up(L, 0, wrap_k);
@@ -149,13 +153,22 @@ static int l_wrap(lua_State *L) {
 
 /* ---- coroutine.close -------------------------------------------------- */
 
+/* Lua's own close: kept in C, not as an upvalue debug.getupvalue would hand
+ * out. */
+static lua_CFunction lua_close_fn;
+
 static int l_close(lua_State *L) {
   lua_State *co = get_co(L, 1);
   const char *why = refusal(co);
   if (why) return luaL_error(L, "%s", why);
-  lua_pushvalue(L, lua_upvalueindex(1));     /* Lua's own close */
+  lua_pushcfunction(L, lua_close_fn);
   lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  /* co's pending __close handlers run on co: the CPU budget must watch it */
+  lua_State *saved;
+  int saved_ok = task_nested_enter(L, co, &saved);
+  int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+  task_nested_leave(saved, saved_ok);
+  if (st != LUA_OK) return lua_error(L);
   return lua_gettop(L);
 }
 
@@ -166,7 +179,9 @@ void coro_open(lua_State *L) {
   lua_pushcfunction(L, l_wrap);
   lua_setfield(L, -2, "wrap");
   lua_getfield(L, -1, "close");
-  lua_pushcclosure(L, l_close, 1);
+  lua_close_fn = lua_tocfunction(L, -1);
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_close);
   lua_setfield(L, -2, "close");
   lua_pop(L, 1);
 }

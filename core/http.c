@@ -112,7 +112,7 @@ void http_head_sent(mr_exchange *ex, int status) {
   ex->flags = (ex->flags | EX_HEAD_SENT) & ~EX_CONTINUE;
   ex->status = status;
   mr_http *h = ex->http;
-  if (h && !h->conn.writes) conn_disarm(&h->conn);   /* a queued head arms the send timeout */
+  if (h) conn_disarm(&h->conn);             /* a queued head is the send timeout's business */
 }
 
 void http_body_wait(mr_exchange *ex) {
@@ -120,6 +120,13 @@ void http_body_wait(mr_exchange *ex) {
   if (!h) return;
   h->hflags |= H_BODY_WAIT;
   if (!conn_armed(&h->conn)) conn_arm(&h->conn, mr_srv.cfg.idle_timeout_ms);
+}
+
+void http_body_unwait(mr_exchange *ex) {
+  mr_http *h = ex->http;
+  if (!h || !(h->hflags & H_BODY_WAIT)) return;
+  h->hflags &= ~H_BODY_WAIT;
+  if (ex->flags & EX_HEAD_SENT) conn_disarm(&h->conn);
 }
 
 void http_continue(mr_exchange *ex) {
@@ -176,7 +183,8 @@ static void finish(mr_http *h) {
   conn_arm(c, mr_srv.cfg.idle_timeout_ms);
   if (c->flags & CONN_HELD) conn_release(c);
   if (!(h->hflags & H_PROCESSING) && h->in_len) process_kept(h);
-  if ((c->flags & CONN_READ_EOF) && !(h->hflags & H_PROCESSING) && !h->ex && !h->ps)
+  if ((c->flags & CONN_READ_EOF) && !(c->flags & (CONN_CLOSING | CONN_SHUTDOWN | CONN_GONE)) &&
+      !(h->hflags & H_PROCESSING) && !h->ex && !h->ps)
     conn_close(c, CONN_CLOSE_GRACEFUL);
 }
 

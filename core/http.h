@@ -108,6 +108,8 @@ void http_head_sent(mr_exchange *ex, int status);
 /* A handler whose response started waits for body bytes: they must come
  * within --idle-timeout. */
 void http_body_wait(mr_exchange *ex);
+/* No handler waits for body bytes any more (the last reader was cancelled). */
+void http_body_unwait(mr_exchange *ex);
 /* Sends the interim 100 Continue if the client asked for it and it is due. */
 void http_continue(mr_exchange *ex);
 /* The handler side is finished and the response is complete. */

@@ -92,8 +92,16 @@ static void push_route(lua_State *L, mr_request *r) {
   lua_Debug ar;
   int level = 0;
   const char *name = NULL;
-  if (co) {
-    while (lua_getstack(co, level + 1, &ar)) level++;
+  if (co && lua_getstack(co, 0, &ar)) {
+    /* the deepest level, in O(log n) probes: each lua_getstack walks the
+     * frames from the top, and a stack overflow leaves ~200000 of them */
+    int lo = 0, hi = 1;
+    while (lua_getstack(co, hi, &ar)) lo = hi, hi *= 2;
+    while (hi - lo > 1) {
+      int mid = lo + (hi - lo) / 2;
+      if (lua_getstack(co, mid, &ar)) lo = mid; else hi = mid;
+    }
+    level = lo;
     if (lua_getstack(co, level, &ar)) name = lua_getlocal(co, &ar, 2);
   }
   if (name && strcmp(name, "req") == 0 && lua_istable(co, -1)) {

@@ -105,6 +105,7 @@ static int push_body_method(lua_State *L, int idx) {
 int response_send(lua_State *L) {
   mr_request *r = request_check(L, 1);
   mr_exchange *ex = &r->ex;
+  if (!ex->http) return 0;                  /* over (504 sent, client gone): nothing to send */
   if (ex->flags & EX_HEAD_SENT) return luaL_error(L, "response already sent");
   if (!lua_istable(L, 2))
     return bad_response(L, "the handler returned %s, expected a response table",

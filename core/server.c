@@ -28,7 +28,7 @@ static void sweep_cb(uv_timer_t *t) {
   for (mr_conn *c = s->conns; c; c = next) {
     next = c->next;
     if (c->flags & CONN_CLOSING) continue;
-    if (c->expire && now >= c->expire) conn_expired(c);
+    if (conn_due(c, now)) conn_expired(c, now);
     else if (c->flags & CONN_HELD) conn_check_reset(c);
   }
 }
@@ -70,7 +70,9 @@ void server_drain(mr_server *s) {
   mr_conn *next;
   for (mr_conn *c = s->conns; c; c = next) {
     next = c->next;
-    if (!(c->flags & CONN_CLOSING) && conn_idle(c)) conn_close(c, CONN_CLOSE_NOW);
+    /* one still writing a finished response, or already shutting down, is let finish */
+    if (!(c->flags & (CONN_CLOSING | CONN_SHUTDOWN)) && conn_idle(c))
+      conn_close(c, c->writes ? CONN_CLOSE_GRACEFUL : CONN_CLOSE_NOW);
   }
   if (s->nconns == 0) {
     server_finish(s);

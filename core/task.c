@@ -43,8 +43,10 @@ static void threads_grow(void) {
 static void set_slot(int i, int make) {
   lua_State *L = mr_srv.L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, threads_ref);
-  if (make) threads[i] = lua_newthread(L);
-  else { lua_pushnil(L); threads[i] = NULL; }
+  /* lua_newthread may run a __gc that spawns a task and regrows `threads` */
+  lua_State *co = make ? lua_newthread(L) : NULL;
+  if (!make) lua_pushnil(L);
+  threads[i] = co;
   lua_rawseti(L, -2, i);
   lua_pop(L, 1);
 }
@@ -109,6 +111,7 @@ static mr_waitq turn_waiters;   /* tasks giving the loop a turn (task_yield_turn
 static uv_idle_t turn_idle;     /* wakes them on the next iteration */
 static uv_prepare_t rq_prepare;
 static uv_check_t rq_check;
+static uv_idle_t rq_idle;       /* active while tasks wait for the next drain: poll must not block */
 static int rq_armed;
 
 static void resume(mr_task *t);
@@ -132,20 +135,42 @@ static void enqueue(mr_task *t) {
   }
 }
 
+static void idle_cb(uv_idle_t *h) { (void)h; }
+
+/* One drain runs the tasks queued when it starts and at most DRAIN_EXTRA
+ * more that they wake; the rest run in the next drain, after the loop
+ * polled. Tasks that keep waking each other (a put/take ping-pong) never
+ * wait, so no slice grows past the CPU budget, and an unbounded drain would
+ * starve every connection; a short chain (a pipelined request started as
+ * the previous one ends) still runs in the same drain. */
+#define DRAIN_EXTRA 64
+
 void task_run(void) {
   if (draining) return;
   draining = 1;
-  while (rq_head) {
+  mr_task *last = rq_tail;
+  int extra = last ? -1 : 0;                 /* counts once past `last` */
+  while (rq_head && extra < DRAIN_EXTRA) {
     mr_task *t = rq_head;
+    if (extra < 0 && t == last) extra = 0;
+    else if (extra >= 0) extra++;
     rq_head = t->run_next;
     if (!rq_head) rq_tail = NULL;
     t->flags &= ~TF_QUEUED;
     resume(t);
   }
   draining = 0;
-  if (rq_armed) {
+  if (rq_head) {
+    if (!rq_armed) {
+      uv_prepare_start(&rq_prepare, prepare_cb);
+      uv_check_start(&rq_check, check_cb);
+      rq_armed = 1;
+    }
+    uv_idle_start(&rq_idle, idle_cb);
+  } else if (rq_armed) {
     uv_prepare_stop(&rq_prepare);
     uv_check_stop(&rq_check);
+    uv_idle_stop(&rq_idle);
     rq_armed = 0;
   }
 }
@@ -204,6 +229,7 @@ void task_init(lua_State *L) {
   uv_prepare_init(mr_srv.loop, &rq_prepare);
   uv_check_init(mr_srv.loop, &rq_check);
   uv_idle_init(mr_srv.loop, &turn_idle);
+  uv_idle_init(mr_srv.loop, &rq_idle);
 }
 
 void task_free_all(void) {
@@ -305,11 +331,15 @@ static int error_text(lua_State *L) {
   return 1;
 }
 
-static const char *push_error_text(lua_State *L, lua_State *co) {
+static const char *push_error_text(mr_task *t, lua_State *L, lua_State *co) {
   lua_pushcfunction(L, error_text);
   lua_pushvalue(co, -1);
   lua_xmove(co, L, 1);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+  budget_enter(t, L, 0);                     /* __tostring is the task's code: its budget applies */
+  int st = lua_pcall(L, 1, 1, 0);
+  budget_leave();
+  if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
+  if (st != LUA_OK || !lua_isstring(L, -1)) {
     lua_pop(L, 1);
     lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
   }
@@ -318,7 +348,7 @@ static const char *push_error_text(lua_State *L, lua_State *co) {
 
 const char *task_push_failure(mr_task *t, lua_State *L) {
   lua_State *co = t->co;
-  const char *msg = push_error_text(L, co);
+  const char *msg = push_error_text(t, L, co);
   if (t->note_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->note_ref);
     lua_rawgeti(L, -1, 1);
