@@ -13,16 +13,7 @@ typedef struct mr_body {
 
 static const void *body_mt;                     /* compared by address */
 
-static mr_body *body_check(lua_State *L, int idx) {
-  void *p = lua_touserdata(L, idx);
-  if (p && lua_getmetatable(L, idx)) {
-    int ok = lua_topointer(L, -1) == body_mt;
-    lua_pop(L, 1);
-    if (ok) return p;
-  }
-  luaL_typeerror(L, idx, BODY_MT);
-  return NULL;
-}
+static mr_body *body_check(lua_State *L, int idx) { return check_udata(L, idx, body_mt, BODY_MT); }
 
 void body_push_reader(lua_State *L, mr_request *r) {
   mr_body *b = lua_newuserdatauv(L, sizeof *b, 0);

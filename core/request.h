@@ -28,6 +28,19 @@ typedef struct mr_request {
 
 static inline mr_request *request_of(mr_exchange *ex) { return (mr_request *)ex; }
 
+/* The userdata at idx if its metatable is `mt` (compared by address: no
+ * registry lookup by name on every call), else a type error naming `name`. */
+static inline void *check_udata(lua_State *L, int idx, const void *mt, const char *name) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    int ok = lua_topointer(L, -1) == mt;
+    lua_pop(L, 1);
+    if (ok) return p;
+  }
+  luaL_typeerror(L, idx, name);
+  return NULL;
+}
+
 /* strings.c: interned strings, pushed with lua_rawgeti(L, strings_idx, S_X). */
 enum {
   S_REQUEST_METHOD = 1, S_URI, S_QUERY_STRING, S_HEADERS, S_BODY, S_SCHEME, S_PROTOCOL,

@@ -6,13 +6,16 @@
  * handle, so one kept past its request answers nil, "closed". serve drives
  * iterator bodies through write/finish with the handle itself. */
 #include "request.h"
-#include <stdio.h>
 
 #define OUT_MT "moonring.out"
 
 typedef struct mr_out {
   lua_Integer handle;
 } mr_out;
+
+static const void *out_mt;                      /* compared by address */
+
+static mr_out *check_out(lua_State *L) { return check_udata(L, 1, out_mt, OUT_MT); }
 
 static int closed(lua_State *L, const char *why) {
   lua_pushnil(L);
@@ -52,8 +55,13 @@ static int put_chunk(mr_request *r, const char *s, size_t len) {
   uv_buf_t bufs[3];
   unsigned n = 0;
   if (ex->flags & EX_CHUNKED) {
-    int sn = snprintf(size, sizeof size, "%zx\r\n", len);
-    bufs[n++] = uv_buf_init(size, (unsigned)sn);
+    /* the size line in hex, written backwards (no snprintf per chunk) */
+    int i = sizeof size;
+    size[--i] = '\n';
+    size[--i] = '\r';
+    size_t v = len;
+    do size[--i] = "0123456789abcdef"[v & 15]; while ((v >>= 4) && i > 0);
+    bufs[n++] = uv_buf_init(size + i, (unsigned)(sizeof size - (size_t)i));
     bufs[n++] = uv_buf_init((char *)s, (unsigned)len);
     bufs[n++] = uv_buf_init("\r\n", 2);
   } else {
@@ -137,7 +145,7 @@ static int l_writer(lua_State *L) {
 
 /* out:write(s) → true, or nil, "closed" once the client is gone. */
 static int out_write(lua_State *L) {
-  mr_out *o = luaL_checkudata(L, 1, OUT_MT);
+  mr_out *o = check_out(L);
   luaL_checklstring(L, 2, NULL);
   mr_request *r = request_from_handle(o->handle);
   if (!r) return closed(L, "closed");
@@ -149,7 +157,7 @@ static int out_write(lua_State *L) {
  * Never waits: for one task writing to many clients (fan-out), where a slow
  * one must not hold up the rest. */
 static int out_try_write(lua_State *L) {
-  mr_out *o = luaL_checkudata(L, 1, OUT_MT);
+  mr_out *o = check_out(L);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   mr_request *r = request_from_handle(o->handle);
@@ -166,7 +174,7 @@ static int out_try_write(lua_State *L) {
 
 /* out:close(): ends the body (also done when the body function returns). */
 static int out_close(lua_State *L) {
-  mr_out *o = luaL_checkudata(L, 1, OUT_MT);
+  mr_out *o = check_out(L);
   mr_request *r = request_from_handle(o->handle);
   if (r) finish_body(r);
   return 0;
@@ -175,14 +183,14 @@ static int out_close(lua_State *L) {
 /* out:closed() → true once nothing more can be written (client gone, or
  * the body ended). */
 static int out_closed(lua_State *L) {
-  mr_out *o = luaL_checkudata(L, 1, OUT_MT);
+  mr_out *o = check_out(L);
   mr_request *r = request_from_handle(o->handle);
   lua_pushboolean(L, !r || !r->ex.http || (r->ex.flags & EX_RESP_DONE));
   return 1;
 }
 
 static int out_tostring(lua_State *L) {
-  mr_out *o = luaL_checkudata(L, 1, OUT_MT);
+  mr_out *o = check_out(L);
   lua_pushfstring(L, "moonring.out (request %d)", (int)(o->handle & 0xffffffff));
   return 1;
 }
@@ -204,6 +212,7 @@ const luaL_Reg stream_funcs[] = {
 
 void stream_open(lua_State *L) {
   luaL_newmetatable(L, OUT_MT);
+  out_mt = lua_topointer(L, -1);             /* anchored in the registry */
   lua_pushcfunction(L, out_tostring);
   lua_setfield(L, -2, "__tostring");
   luaL_newlib(L, out_methods);
