@@ -36,16 +36,7 @@ local function post(port, path, body, ctype, opts)
   return helper.request(port, "POST", path, opts)
 end
 
--- Polls fn() until it returns a true value or `timeout` seconds pass.
-local function eventually(fn, timeout)
-  local deadline = helper.now() + timeout
-  repeat
-    local v = fn()
-    if v then return v end
-    socket.sleep(0.05)
-  until helper.now() > deadline
-  return fn()
-end
+local eventually = helper.eventually
 
 ---------------------------------------------------------------------------
 -- An event-stream client on a raw socket: the response head, then the

@@ -795,17 +795,27 @@ function helper.state(server)
   return helper.undump(res.body)
 end
 
+-- Polls fn() until it returns a true value or `timeout` seconds pass;
+-- returns that value (or fn()'s last answer).
+function helper.eventually(fn, timeout)
+  local deadline = helper.now() + (timeout or 2 * helper.slow)
+  repeat
+    local v = fn()
+    if v then return v end
+    helper.sleep(0.03)
+  until helper.now() > deadline
+  return fn()
+end
+
 -- Polls /state until pred(state) holds or `timeout` seconds pass. Returns the
 -- last state and whether pred held.
 function helper.wait_state(server, pred, timeout)
-  local deadline = helper.now() + (timeout or 2 * helper.slow)
   local st
-  repeat
+  local ok = helper.eventually(function()
     st = helper.state(server)
-    if pred(st) then return st, true end
-    helper.sleep(0.03)
-  until helper.now() > deadline
-  return st, false
+    return pred(st)
+  end, timeout)
+  return st, ok and true or false
 end
 
 -- Counts plain-text occurrences of `needle` in `text`.

@@ -147,15 +147,7 @@ end
 
 local state_of = helper.state
 
-local function wait_for(fn, timeout)
-  local deadline = helper.now() + timeout
-  repeat
-    local v = fn()
-    if v then return v end
-    helper.sleep(0.03)
-  until helper.now() > deadline
-  return fn()
-end
+local wait_for = helper.eventually
 
 local wait_state = helper.wait_state
 
