@@ -74,37 +74,36 @@ static const mr_http_events http_events = {
 static mr_request *main_request(mr_task *t) {
   return (mr_request *)((char *)t - offsetof(mr_request, main));
 }
-/* serve returned or failed: the response is complete, or becomes a 500, or
- * (if it had started) is cut. */
+/* HTTP may move on once the response is whole: a 500 in place of one never
+ * started, a reset for one cut short (a cut body must look cut). */
+static void settle(mr_exchange *ex, const char *body500) {
+  if (!ex->http) return;
+  if (!(ex->flags & EX_HEAD_SENT)) {
+    http_reply(ex, 500, body500);
+  } else if (!(ex->flags & EX_RESP_DONE)) {
+    http_abort(ex);
+    return;
+  }
+  if (ex->http) http_handled(ex);
+}
+
+/* serve returned (its response is complete: serve finishes what it
+ * starts) or failed: logged, and answered or cut by settle(). */
 static void main_ended(mr_task *t, int status, int nres) {
   mr_request *r = main_request(t);
   mr_exchange *ex = &r->ex;
   lua_State *L = mr_srv.L;
-  if (status != LUA_OK) {
-    if ((t->flags & TF_CANCELLED) && task_is_cancel_error(t->co, -1)) return;   /* stopped, as asked */
-    const char *trace = task_push_failure(t, L);
-    request_log_failure(r, t, trace);
-    if (ex->http && !(ex->flags & EX_HEAD_SENT)) {
-      http_reply(ex, 500, mr_srv.cfg.dev ? trace : "Internal Server Error\n");
-      http_handled(ex);
-    } else if (ex->http && !(ex->flags & EX_RESP_DONE)) {
-      http_abort(ex);                        /* a cut body must look cut */
-    } else if (ex->http) {
-      ex->flags &= ~EX_KEEP_ALIVE;           /* complete: let it out, then close */
-      http_handled(ex);
-    }
-    lua_pop(L, 1);
+  if (status == LUA_OK) {
+    lua_pop(t->co, nres);
+    settle(ex, "Internal Server Error\n");
     return;
   }
-  lua_pop(t->co, nres);
-  if (!ex->http) return;
-  if (!(ex->flags & EX_RESP_DONE)) {
-    /* serve always finishes its response; this is a cancelled serve that
-     * caught the error and returned */
-    if (ex->flags & EX_HEAD_SENT) http_abort(ex);
-    else http_reply(ex, 500, "Internal Server Error\n");
-  }
-  if (ex->http) http_handled(ex);
+  if ((t->flags & TF_CANCELLED) && task_is_cancel_error(t->co, -1)) return;   /* stopped, as asked */
+  const char *trace = task_push_failure(t, L);
+  request_log_failure(r, t, trace);
+  if (ex->flags & EX_RESP_DONE) ex->flags &= ~EX_KEEP_ALIVE;   /* complete: let it out, then close */
+  settle(ex, mr_srv.cfg.dev ? trace : "Internal Server Error\n");
+  lua_pop(L, 1);
 }
 
 static void main_release(mr_task *t) { request_unref(main_request(t)); }

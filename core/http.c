@@ -137,10 +137,9 @@ void http_continue(mr_exchange *ex) {
   conn_write(&ex->http->conn, &b, 1);
 }
 
-void http_handled(mr_exchange *ex) {
-  mr_http *h = ex->http;
-  if (!h) return;
-  end_exchange(h, HTTP_END_DONE);
+/* The exchange's response is complete (its own, or the server's 504). */
+static void exchange_over(mr_http *h, int why) {
+  end_exchange(h, why);
   if (h->hflags & H_MSG_DONE) {
     finish(h);
   } else {
@@ -149,6 +148,10 @@ void http_handled(mr_exchange *ex) {
      * it is closed after --header-timeout. */
     conn_arm(&h->conn, mr_srv.cfg.header_timeout_ms);
   }
+}
+
+void http_handled(mr_exchange *ex) {
+  if (ex->http) exchange_over(ex->http, HTTP_END_DONE);
 }
 
 void http_abort(mr_exchange *ex) {
@@ -379,9 +382,7 @@ static void on_expired(mr_conn *c) {
     ex->flags |= EX_RESP_DONE;
     http_head_sent(ex, 504);
     ex->bytes_out += head_simple(c, 504, "Gateway Timeout\n", "", ex->flags);
-    end_exchange(h, HTTP_END_TIMEOUT);
-    if (h->hflags & H_MSG_DONE) finish(h);
-    else conn_arm(c, mr_srv.cfg.header_timeout_ms);
+    exchange_over(h, HTTP_END_TIMEOUT);
   } else if (h->hflags & H_DISCARD) {
     conn_close(c, CONN_CLOSE_RESET);   /* the rest of an unread body stopped coming */
   } else if (h->ps) {

@@ -282,7 +282,6 @@ int task_park(lua_State *L, mr_task *t, int wait, mr_wait_cancel cancel, void *d
   t->wait = (uint8_t)wait;
   t->wait_cancel = cancel;
   t->wait_data = data;
-  t->wait_co = L;
   /* A nested coroutine parked here may only be resumed by the wrapper that
    * carries the wake down to it, never by coroutine.resume. */
   task_mark_parked(L);
@@ -294,7 +293,6 @@ static void clear_wait(mr_task *t) {
   t->wait = WAIT_NONE;
   t->wait_cancel = NULL;
   t->wait_data = NULL;
-  t->wait_co = NULL;
 }
 
 void task_wake(mr_task *t, int nargs) {

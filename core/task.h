@@ -94,7 +94,6 @@ struct mr_task {
   int nargs;                    /* values pushed on co for the next resume */
   mr_wait_cancel wait_cancel;   /* undoes the wait when the task is cancelled */
   void *wait_data;
-  lua_State *wait_co;           /* the coroutine parked (a nested one, or co) */
   mr_wnode node;                /* the task's place in a single wait */
   mr_waitq joiners;             /* tasks waiting in join() (spawn.c) */
   int results_ref;              /* registry: results or error kept for join() */

@@ -55,6 +55,17 @@ describe("moonring command line", function()
     end)
   end)
 
+  it("exits 2 for bad values of the async core's limits", function()
+    for _, args in ipairs {
+      { "--max-inflight", "0" }, { "--max-inflight", "x" }, { "--cpu-budget", "-1" },
+      { "--cpu-budget", "soon" }, { "--write-buffer", "100" },
+    } do
+      local r = helper.run { "--port", "0", args[1], args[2], "handlers" }
+      assert.are.equal(2, r.status, table.concat(args, " ") .. " accepted; stderr: " .. r.stderr)
+      assert.matches(args[1], r.stderr, 1, true)
+    end
+  end)
+
   it("accepts k and m suffixes for --max-body-size", function()
     helper.with_server({ files = HELLO, args = { "--max-body-size", "64k" } }, function(server)
       assert.are.equal(200, helper.request(server.port, "POST", "/", { body = string.rep("x", 64 * 1024) }).status)

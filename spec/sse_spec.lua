@@ -31,6 +31,30 @@ return function(req)
   end, { heartbeat = 0.1 })
 end
 ]],
+  ["direct.lua"] = [[
+local sse = require "moonring.sse"
+local state = require "_lib.state"
+local hub = require "_lib.hub"
+hub.direct = {}
+return {
+  GET = function(req)
+    return sse.response(req, function(events)
+      hub.direct[events] = true
+      req.on_close(function() hub.direct[events] = nil end)
+      events:wait()                      -- until the client leaves or close()
+      state.started.waited = (state.started.waited or 0) + 1
+    end, { heartbeat = 0 })
+  end,
+  POST = function(req)
+    local n, data = 0, req.body and req.body:read("a")
+    for events in pairs(hub.direct) do
+      if req.query_string == "end" then events:close()
+      elseif req.query_string == "count" or events:try_send(data) then n = n + 1 end
+    end
+    return { body = tostring(n) }
+  end,
+}
+]],
   ["lastid.lua"] = [[
 local sse = require "moonring.sse"
 return function(req)
@@ -268,6 +292,34 @@ describe("sse.response with a channel as the source", function()
       assert.is_truthy(wait_for(function()
         return helper.get(server.port, "/subscribers").body == "0"
       end, 2 * helper.slow), "subscribers still registered after their streams ended")
+    end)
+  end)
+end)
+
+describe("fan-out by writing to each subscriber's events", function()
+  it("delivers with events:try_send, and events:close() ends the waiting source", function()
+    with_app(nil, function(server)
+      local subs = {}
+      for i = 1, 2 do
+        subs[i] = helper.connect(server.port)
+        subs[i]:send("GET /direct HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      end
+      local function post(qs, body)
+        return helper.request(server.port, "POST", "/direct" .. qs, { body = body or "x" }).body
+      end
+      assert.is_truthy(wait_for(function() return post("?count") == "2" end, 3 * helper.slow),
+        "the two subscribers did not register")
+      assert.are.equal("2", post("", "hello"))
+      post("?end")
+      for i, c in ipairs(subs) do
+        local text, ended = c:read_until_close(3 * helper.slow)
+        c:close()
+        assert.are.equal("closed", ended, "subscriber " .. i .. ": the stream did not end: " .. text)
+        local list, err = helper.parse(text)
+        assert.is_nil(err, tostring(err) .. "; raw: " .. text)
+        assert.are.equal("data: hello\n\n", list[1].body, "subscriber " .. i)
+      end
+      assert.are.equal(2, helper.state(server).started.waited)
     end)
   end)
 end)

@@ -324,6 +324,24 @@ local function poll_state(server, pred, timeout)
   return st
 end
 
+describe("moonring.now", function()
+  it("gives wall-clock seconds since the epoch, with a fraction", function()
+    helper.with_server({ files = {
+      ["now.lua"] = [[
+local moonring = require "moonring"
+return function(req)
+  local a = moonring.now(); moonring.sleep(0.05); local b = moonring.now()
+  return { body = string.format("%.6f %.6f", a, b) }
+end]],
+    } }, function(server)
+      local a, b = helper.get(server.port, "/now").body:match("(%S+) (%S+)")
+      a, b = tonumber(a), tonumber(b)
+      assert.is_true(math.abs(a - os.time()) < 5, "not epoch seconds: " .. a)
+      assert.is_true(b - a >= 0.04 and b - a < 5, "a 50 ms sleep measured " .. (b - a))
+    end)
+  end)
+end)
+
 describe("tasks", function()
   it("join returns every value the task's function returned", function()
     with_app({}, function(server)

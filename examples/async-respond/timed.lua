@@ -3,17 +3,16 @@
 -- header, `error` turns a raised error into a 502 JSON answer (which still
 -- goes through `response`). The wrapped handler keeps its async shape.
 local moonring = require "moonring"
-local socket = require "socket"   -- only for socket.gettime(), a wall clock
 local util = require "_lib.util"
 
 local timing = moonring.middleware {
   request = function(req)
-    req.started = socket.gettime()     -- returning nil passes req on as it is
+    req.started = moonring.now()     -- returning nil passes req on as it is
   end,
   response = function(res, req)
     res.headers = res.headers or {}
     res.headers["x-response-time"] =
-      string.format("%.1fms", (socket.gettime() - req.started) * 1000)
+      string.format("%.1fms", (moonring.now() - req.started) * 1000)
   end,
   error = function(err, req)
     return util.json(502, { error = tostring(err) })
