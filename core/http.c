@@ -179,6 +179,7 @@ static void finish(mr_http *h) {
              !((c->flags & CONN_READ_EOF) && !h->in_len && !(h->hflags & H_PROCESSING));
   parser_release(h);
   h->hflags &= ~(H_MSG_DONE | H_DISCARD | H_KEEP);
+  h->hflags |= H_SERVED;
   if (!keep) {
     conn_close(c, CONN_CLOSE_GRACEFUL);
     return;
@@ -401,9 +402,13 @@ static void on_close(mr_conn *c) {
   h->in_len = 0;
 }
 
+/* Closing it loses nothing: between requests of a keep-alive connection.
+ * One that has had no request yet is not idle: its first request may be
+ * on the way (accepted just before a drain began), so it is served, with
+ * Connection: close, or ends by --header-timeout (nginx does the same). */
 static int idle(const mr_conn *c) {
   const mr_http *h = (const mr_http *)c;
-  return !h->ex && !h->ps;
+  return !h->ex && !h->ps && (h->hflags & H_SERVED);
 }
 
 static const mr_conn_events conn_events = {

@@ -59,6 +59,7 @@ enum {
   H_DISCARD    = 1 << 2,        /* the exchange ended; the rest of its body is dropped */
   H_KEEP       = 1 << 3,        /* the ended exchange allows keep-alive */
   H_BODY_WAIT  = 1 << 4,        /* a handler whose response started waits for body bytes */
+  H_SERVED     = 1 << 5,        /* a request has been answered on this connection */
 };
 
 /* What made the parser pause: the end of a head (a body follows), the end of

@@ -60,10 +60,16 @@ static int l_log_error(lua_State *L) {
   return 0;
 }
 
+static int l_log_info(lua_State *L) {
+  log_info("%s", luaL_checkstring(L, 1));
+  return 0;
+}
+
 static const luaL_Reg core_funcs[] = {
   {"listdir", l_listdir},
   {"stat", l_stat},
   {"log_error", l_log_error},
+  {"log_info", l_log_info},
   {NULL, NULL},
 };
 
@@ -84,6 +90,10 @@ static int luaopen_moonring_core(lua_State *L) {
   lua_setfield(L, -2, "version");
   lua_pushboolean(L, mr_srv.cfg.dev);
   lua_setfield(L, -2, "dev");
+  lua_pushinteger(L, mr_srv.cfg.worker_id);
+  lua_setfield(L, -2, "worker_id");
+  lua_pushinteger(L, (lua_Integer)uv_os_getpid());
+  lua_setfield(L, -2, "pid");
   return 1;
 }
 
@@ -120,24 +130,29 @@ static int load_all(lua_State *L) {
   coro_open(L);
 
   /* serve(app) → the function each request's main task runs with its
-   * handle: the app is its upvalue, one registry read per request. */
+   * handle: the app is its upvalue, one registry read per request. A
+   * reload puts a new one in the same slot. */
+  lua_settop(L, 0);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moonring.serve");
-  lua_call(L, 1, 1);
+  lua_call(L, 1, 1);                       /* 1: serve */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moonring.app");
-  lua_call(L, 1, 1);
-  lua_getfield(L, -1, "load");
+  lua_call(L, 1, 1);                       /* 2: moonring.app */
+  reload_bind(L, 1, 2);
+  lua_pushvalue(L, 1);
+  lua_getfield(L, 2, "load");
   lua_pushstring(L, s->cfg.app);
   lua_call(L, 1, 1);
-  lua_remove(L, -2);
   lua_call(L, 1, 1);
   s->serve_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_settop(L, 0);
   return 0;
 }
 
 /* The server has drained: tasks still running stop at their next wait. */
 static void stop_tasks(void) {
+  reload_stop();
   spawn_cancel_all();
   task_run();
 }

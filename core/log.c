@@ -1,26 +1,38 @@
 /* log.c — the access log (buffered, flushed once per loop iteration by the
  * server's check handle) and the error log (stderr, unbuffered), plus the
- * cached HTTP Date value. Owns the access log FILE. */
+ * cached HTTP Date value. Owns the access log's descriptor and buffer. */
+#define _GNU_SOURCE             /* memrchr */
 #include "moonring.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-static FILE *access_file;       /* NULL: access log off */
-static int access_dirty;
+/* The access log: lines gather in `pending` and go out with write(2) once
+ * per loop iteration. Several workers may share the destination: a regular
+ * file is opened O_APPEND (each write lands whole), and to a pipe or a
+ * terminal a write goes in pieces of whole lines of at most PIPE_BUF bytes,
+ * which the kernel never interleaves with another process's writes. */
+static int access_fd = -1;      /* -1: access log off; 2: stderr */
+static int access_regular;      /* a regular file: one write may be any size */
+static char pending[64 * 1024];
+static size_t pending_len;
 
 int log_open(const char *access_log) {
   if (!access_log) return 0;
   if (strcmp(access_log, "-") == 0) {
-    access_file = stderr;
+    access_fd = 2;
   } else {
-    access_file = fopen(access_log, "a");
-    if (!access_file) return -1;
+    access_fd = open(access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (access_fd < 0) return -1;
   }
-  /* Full buffering: many requests per loop iteration cost one write. */
-  static char buffer[64 * 1024];
-  setvbuf(access_file, buffer, _IOFBF, sizeof buffer);
+  struct stat st;
+  access_regular = fstat(access_fd, &st) == 0 && S_ISREG(st.st_mode);
   return 0;
 }
 
@@ -31,38 +43,85 @@ static void iso_time(char out[32]) {
   strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-int log_access_enabled(void) { return access_file != NULL; }
+int log_access_enabled(void) { return access_fd >= 0; }
+
+static void write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return;                   /* a log that cannot be written loses lines, not requests */
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+/* Whole lines, in pieces a pipe keeps together. */
+static void write_lines(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    size_t take = n;
+    if (!access_regular && take > PIPE_BUF) {
+      const char *nl = memrchr(p, '\n', PIPE_BUF);
+      if (!nl) nl = memchr(p + PIPE_BUF, '\n', n - PIPE_BUF);   /* one long line */
+      take = nl ? (size_t)(nl - p) + 1 : n;
+    }
+    write_all(fd, p, take);
+    p += take;
+    n -= take;
+  }
+}
+
+void log_flush(void) {
+  if (pending_len) write_lines(access_fd, pending, pending_len);
+  pending_len = 0;
+}
+
+#define ACCESS_FMT "%s %s \"%.*s %.*s HTTP/%d.%d\" %d %llu %.3fms id=%llu\n"
 
 void log_access(const char *remote, const char *method, size_t mlen, const char *target,
                 size_t tlen, int major, int minor, int status, uint64_t bytes,
                 uint64_t start_ns, uint64_t id) {
-  if (!access_file) return;
+  if (access_fd < 0) return;
   char when[32];
   iso_time(when);
   double ms = (double)(uv_hrtime() - start_ns) / 1e6;
-  fprintf(access_file, "%s %s \"%.*s %.*s HTTP/%d.%d\" %d %llu %.3fms id=%llu\n", when, remote,
-          (int)mlen, method, (int)tlen, target, major, minor, status, (unsigned long long)bytes, ms,
-          (unsigned long long)id);
-  access_dirty = 1;
-}
-
-void log_flush(void) {
-  /* When the access log is stderr, stderr is fully buffered: what handlers
-   * write there (io.stderr) must not wait for the next access line. */
-  if (access_dirty || access_file == stderr) {
-    fflush(access_file);
-    access_dirty = 0;
+  for (int attempt = 0; attempt < 2; attempt++) {
+    size_t room = sizeof pending - pending_len;
+    int n = snprintf(pending + pending_len, room, ACCESS_FMT, when, remote, (int)mlen, method,
+                     (int)tlen, target, major, minor, status, (unsigned long long)bytes, ms,
+                     (unsigned long long)id);
+    if (n < 0) return;
+    if ((size_t)n < room) {
+      pending_len += (size_t)n;
+      return;
+    }
+    log_flush();
   }
+  /* A line longer than the whole buffer (a huge --max-header-size): alone. */
+  mr_buf line = {0};
+  mr_buf_reserve(&line, tlen + 512);
+  int n = snprintf(line.data, line.cap, ACCESS_FMT, when, remote, (int)mlen, method, (int)tlen,
+                   target, major, minor, status, (unsigned long long)bytes, ms,
+                   (unsigned long long)id);
+  if (n > 0) write_lines(access_fd, line.data, (size_t)n < line.cap ? (size_t)n : line.cap - 1);
+  mr_buf_free(&line);
 }
 
+/* One write per line, so lines of several workers never mix; a worker's
+ * lines name it. */
 static void log_line(const char *level, const char *fmt, va_list ap) {
   log_flush();                  /* keep the two logs in order when both go to stderr */
-  char when[32];
+  char when[32], line[8192];
   iso_time(when);
-  char line[8192];
-  vsnprintf(line, sizeof line, fmt, ap);
-  fprintf(stderr, "%s [%s] %s\n", when, level, line);
-  fflush(stderr);                 /* stderr may be the fully buffered access log */
+  int n = mr_srv.cfg.worker_id
+    ? snprintf(line, sizeof line, "%s [%s] worker %ld: ", when, level, mr_srv.cfg.worker_id)
+    : snprintf(line, sizeof line, "%s [%s] ", when, level);
+  int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+  size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m
+                                                                                   : sizeof line - (size_t)n - 2);
+  line[len++] = '\n';
+  write_all(2, line, len);
 }
 
 void log_error(const char *fmt, ...) {
@@ -76,6 +135,13 @@ void log_warn(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   log_line("warn", fmt, ap);
+  va_end(ap);
+}
+
+void log_info(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  log_line("info", fmt, ap);
   va_end(ap);
 }
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -23,7 +24,12 @@ static const char usage_text[] =
   "  --host HOST              address to bind (default 127.0.0.1)\n"
   "  --port N                 port to bind, 0 for any free port (default 8080)\n"
   "  --dev                    development mode: error responses carry the\n"
-  "                           message and traceback\n"
+  "                           message and traceback; turns on --watch\n"
+  "  --watch                  reload the app when a file under APP changes\n"
+  "                           (SIGHUP reloads in any mode)\n"
+  "  --workers N|auto         N worker processes under a supervisor sharing\n"
+  "                           one socket (auto: one per CPU; default: one\n"
+  "                           process, no supervisor)\n"
   "  --access-log PATH        access log file, '-' for stderr (default), 'off'\n"
   "  --max-header-size BYTES  request line + headers (default 16k; over: 431/414)\n"
   "  --max-body-size BYTES    request body (default 1m; over: 413)\n"
@@ -118,7 +124,8 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 
 enum { OPT_HOST = 256, OPT_PORT, OPT_DEV, OPT_ACCESS_LOG, OPT_MAX_HEADER, OPT_MAX_BODY,
        OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_MAX_CONN, OPT_GRACE,
-       OPT_MAX_INFLIGHT, OPT_WRITE_BUFFER, OPT_CPU_BUDGET, OPT_HELP, OPT_VERSION };
+       OPT_MAX_INFLIGHT, OPT_WRITE_BUFFER, OPT_CPU_BUDGET, OPT_WATCH, OPT_WORKERS, OPT_WORKER_ID,
+       OPT_HELP, OPT_VERSION };
 
 int main(int argc, char **argv) {
   mr_config *cfg = &mr_srv.cfg;
@@ -137,6 +144,8 @@ int main(int argc, char **argv) {
     .write_buffer = 64 * MR_KIB,
     .max_connections = 16384,
     .max_inflight = 10000,
+    .listen_fd = -1,
+    .ready_fd = -1,
   };
   static const struct option opts[] = {
     {"host", required_argument, 0, OPT_HOST},
@@ -153,6 +162,9 @@ int main(int argc, char **argv) {
     {"max-inflight", required_argument, 0, OPT_MAX_INFLIGHT},
     {"write-buffer", required_argument, 0, OPT_WRITE_BUFFER},
     {"cpu-budget", required_argument, 0, OPT_CPU_BUDGET},
+    {"watch", no_argument, 0, OPT_WATCH},
+    {"workers", required_argument, 0, OPT_WORKERS},
+    {"worker-id", required_argument, 0, OPT_WORKER_ID},   /* given by the supervisor */
     {"help", no_argument, 0, OPT_HELP},
     {"version", no_argument, 0, OPT_VERSION},
     {0, 0, 0, 0},
@@ -168,7 +180,17 @@ int main(int argc, char **argv) {
       if (parse_int(optarg, 0, 65535, &v)) bad = "--port expects 0-65535";
       cfg->port = (int)v;
       break;
-    case OPT_DEV: cfg->dev = 1; break;
+    case OPT_DEV: cfg->dev = cfg->watch = 1; break;
+    case OPT_WATCH: cfg->watch = 1; break;
+    case OPT_WORKERS:
+      if (strcmp(optarg, "auto") == 0) v = (long)uv_available_parallelism();
+      else if (parse_int(optarg, 1, 1024, &v)) bad = "--workers expects 1-1024 or auto";
+      cfg->workers = (int)v;
+      break;
+    case OPT_WORKER_ID:
+      if (parse_int(optarg, 1, 9000000, &v)) bad = "--worker-id is the supervisor's";
+      cfg->worker_id = v;
+      break;
     case OPT_ACCESS_LOG: cfg->access_log = strcmp(optarg, "off") ? optarg : NULL; break;
     case OPT_MAX_HEADER:
       if (parse_bytes(optarg, &cfg->max_header_size) || cfg->max_header_size < 256)
@@ -225,7 +247,17 @@ int main(int argc, char **argv) {
   if (optind == argc - 1) cfg->app = argv[optind];
 
   signal(SIGPIPE, SIG_IGN);
+  signal(SIGUSR2, SIG_IGN);     /* a restart means something only to a supervisor */
   raise_fd_limit();
+  if (cfg->workers > 0 && cfg->worker_id == 0) return supervisor_run(cfg, argc, argv);
+  if (cfg->worker_id > 0) {
+    /* Started by the supervisor: the socket is fd 3, readiness goes to fd 4,
+     * and a worker whose supervisor is gone stops too. */
+    cfg->listen_fd = 3;
+    cfg->ready_fd = 4;
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() == 1) return 1;
+  }
   if (log_open(cfg->access_log) < 0) {
     fprintf(stderr, "moonring: cannot open access log %s: %s\n", cfg->access_log, strerror(errno));
     return 1;
@@ -238,7 +270,7 @@ int main(int argc, char **argv) {
     if (mr_srv.L) lua_close(mr_srv.L);
     return 1;
   }
-  if (server_start(&mr_srv) < 0) {
+  if (reload_start(&mr_srv) < 0 || server_start(&mr_srv) < 0) {
     lua_close(mr_srv.L);
     return 1;
   }

@@ -18,6 +18,11 @@ typedef struct mr_config {
   const char *host;
   int port;
   int dev;                      /* error bodies carry message + traceback */
+  int watch;                    /* reload when a file under APP changes (on with dev) */
+  int workers;                  /* >0: run a supervisor with this many workers */
+  int listen_fd;                /* a worker: the supervisor's listening socket (else -1) */
+  int ready_fd;                 /* a worker: told "ready" once serving (else -1) */
+  long worker_id;               /* a worker: the supervisor's number for it (else 0) */
   const char *access_log;       /* "-" = stderr, NULL = off, else a path */
   const char *app;              /* a route directory or a single Lua file */
   size_t max_header_size;       /* request line + headers; over it: 431 */
@@ -105,6 +110,7 @@ static inline int mr_is_token(const char *s, size_t n) {
 int server_start(mr_server *s);          /* bind, listen, print the listening line */
 void server_drain(mr_server *s);         /* stop accepting, close idle connections */
 void server_conn_closed(mr_server *s);   /* a connection finished closing */
+void server_print_listening(const char *host, int port);   /* the startup line on stdout */
 
 /* alloc.c: the Lua state's allocator, and freeing its cache at exit. */
 void *mr_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
@@ -112,6 +118,14 @@ void mr_lua_alloc_release(void);
 
 /* lmoonring.c: opens the `moonring.core` module and loads serve + app. */
 int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen);
+
+/* reload.c: the app reloaded in place on SIGHUP and, with --watch, on save. */
+void reload_bind(lua_State *L, int serve_idx, int app_idx);  /* serve() and moonring.app */
+int reload_start(mr_server *s);
+void reload_stop(void);
+
+/* supervisor.c: --workers N runs N workers of this binary on one socket. */
+int supervisor_run(mr_config *cfg, int argc, char **argv);
 
 /* log.c */
 int log_open(const char *access_log);
@@ -121,6 +135,7 @@ void log_access(const char *remote, const char *method, size_t mlen, const char 
                 uint64_t start_ns, uint64_t id);
 void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_flush(void);
 const char *log_http_date(void);        /* "Sun, 22 Nov 2026 04:14:44 GMT", cached per second */
 

@@ -4,6 +4,7 @@
 #include "conn.h"
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 mr_server mr_srv;
 
@@ -89,25 +90,49 @@ static void signal_cb(uv_signal_t *h, int signum) {
   server_drain(h->data);
 }
 
-int server_start(mr_server *s) {
-  struct sockaddr_storage addr;
+/* A worker listens on the socket its supervisor bound (cfg.listen_fd). */
+static int listen_on(mr_server *s, struct sockaddr_storage *addr) {
   int rc;
+  uv_tcp_init(s->loop, &s->listener);
+  s->listener.data = s;
+  if (s->cfg.listen_fd >= 0) {
+    if ((rc = uv_tcp_open(&s->listener, s->cfg.listen_fd)) < 0 ||
+        (rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection)) < 0) {
+      fprintf(stderr, "moonring: cannot listen on the supervisor's socket: %s\n", uv_strerror(rc));
+      return -1;
+    }
+    return 0;
+  }
   if (strchr(s->cfg.host, ':'))
-    rc = uv_ip6_addr(s->cfg.host, s->cfg.port, (struct sockaddr_in6 *)&addr);
+    rc = uv_ip6_addr(s->cfg.host, s->cfg.port, (struct sockaddr_in6 *)addr);
   else
-    rc = uv_ip4_addr(s->cfg.host, s->cfg.port, (struct sockaddr_in *)&addr);
+    rc = uv_ip4_addr(s->cfg.host, s->cfg.port, (struct sockaddr_in *)addr);
   if (rc < 0) {
     fprintf(stderr, "moonring: bad --host %s: %s\n", s->cfg.host, uv_strerror(rc));
     return -1;
   }
-  uv_tcp_init(s->loop, &s->listener);
-  s->listener.data = s;
-  if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0)) < 0 ||
+  if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)addr, 0)) < 0 ||
       (rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection)) < 0) {
     fprintf(stderr, "moonring: cannot listen on %s:%d: %s\n", s->cfg.host, s->cfg.port,
             uv_strerror(rc));
     return -1;
   }
+  return 0;
+}
+
+void server_print_listening(const char *host, int port) {
+  if (strchr(host, ':')) printf("listening on http://[%s]:%d\n", host, port);
+  else printf("listening on http://%s:%d\n", host, port);
+  fflush(stdout);
+}
+
+int server_start(mr_server *s) {
+  struct sockaddr_storage addr;
+  int rc;
+  if (listen_on(s, &addr) < 0) return -1;
+  /* Worker k's request ids start at k * 10^12 + 1: unique across workers
+   * and restarts (the supervisor never reuses a number). */
+  s->next_request_id = (uint64_t)s->cfg.worker_id * 1000000000000ull;
   int len = sizeof addr;
   uv_tcp_getsockname(&s->listener, (struct sockaddr *)&addr, &len);
   s->port = ntohs(addr.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&addr)->sin6_port
@@ -116,8 +141,11 @@ int server_start(mr_server *s) {
   uv_signal_init(s->loop, &s->sig_term);
   uv_signal_init(s->loop, &s->sig_int);
   s->sig_term.data = s->sig_int.data = s;
-  uv_signal_start(&s->sig_term, signal_cb, SIGTERM);
-  uv_signal_start(&s->sig_int, signal_cb, SIGINT);
+  if ((rc = uv_signal_start(&s->sig_term, signal_cb, SIGTERM)) < 0 ||
+      (rc = uv_signal_start(&s->sig_int, signal_cb, SIGINT)) < 0) {
+    fprintf(stderr, "moonring: cannot handle SIGTERM/SIGINT: %s\n", uv_strerror(rc));
+    return -1;
+  }
   uv_timer_init(s->loop, &s->grace_timer);
   s->grace_timer.data = s;
   uv_timer_init(s->loop, &s->sweep);
@@ -129,10 +157,12 @@ int server_start(mr_server *s) {
   uv_check_start(&s->log_flush, flush_cb);
   uv_unref((uv_handle_t *)&s->log_flush);
 
-  if (strchr(s->cfg.host, ':'))
-    printf("listening on http://[%s]:%d\n", s->cfg.host, s->port);
-  else
-    printf("listening on http://%s:%d\n", s->cfg.host, s->port);
-  fflush(stdout);
+  if (s->cfg.ready_fd >= 0) {         /* the supervisor prints the line */
+    if (write(s->cfg.ready_fd, "R", 1) < 0) return -1;
+    close(s->cfg.ready_fd);
+    s->cfg.ready_fd = -1;
+    return 0;
+  }
+  server_print_listening(s->cfg.host, s->port);
   return 0;
 }

@@ -1,5 +1,6 @@
--- / — lists the app's routes. Each file in handlers/ is a route: edit one
--- and the next request runs the new code.
+-- / — lists the app's routes. Each file in handlers/ is a route. With
+-- --watch (on with --dev, so `make run` has it) save an edit and the next
+-- request runs the new code; SIGHUP reloads in any mode (docs/reload.md).
 local moonring = require "moonring"
 
 return function(req)

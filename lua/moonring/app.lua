@@ -4,6 +4,12 @@
 -- wrapped by the _middleware.lua files of its directory and those above it,
 -- outermost first. Load errors are raised as "file:line: message" strings;
 -- nothing half-loaded is ever served.
+--
+-- Reload (DESIGN 4.7): app.reload() loads the whole app again as one
+-- transaction. The app's own modules (files under APP found by `require`)
+-- are found by a package.searchers entry that records them, so a reload
+-- drops exactly those from package.loaded; if anything fails, they are put
+-- back as they were and the running code stays.
 local core = require "moonring.core"
 local router = require "moonring.router"
 local handler = require "moonring.handler"
@@ -11,6 +17,12 @@ local is_async, call = handler.is_async, handler.call
 
 local app = {}
 local current = {}            -- the loaded routes, for moonring.routes()
+local app_path                -- APP as given
+local root                    -- where the app's modules live: APP, or a file APP's directory
+local modules = {}            -- name → file of each app module required since the last load
+local hooks = {}              -- on_reload functions of the running code
+local pending                 -- on_reload functions of the code being loaded (nil: none)
+local last_error              -- the failure last logged (a repeat is not logged again)
 
 local METHOD_ORDER = { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" }
 
@@ -156,20 +168,39 @@ local function describe(entry)
   return { path = entry.pattern, file = entry.file, methods = entry.method_list }
 end
 
--- load(path) → handler. Raises "file:line: message" on any load error.
-function app.load(path)
+-- The package.searchers entry for app modules: `require "_lib.x"` finds
+-- ROOT/_lib/x.lua (or ROOT/_lib/x/init.lua) and remembers it.
+local function app_searcher(name)
+  if not root then return nil end
+  local rel = name:gsub("%.", "/")
+  local tried = {}
+  for _, form in ipairs({ "%s/%s.lua", "%s/%s/init.lua" }) do
+    local file = form:format(root, rel)
+    if core.stat(file) == "file" then
+      local chunk, err = loadfile(file)
+      if not chunk then error(err, 0) end     -- "file:line: message", as route files
+      modules[name] = file
+      return chunk, file
+    end
+    tried[#tried + 1] = "\n\tno file '" .. file .. "'"
+  end
+  return table.concat(tried)
+end
+table.insert(package.searchers, 2, app_searcher)
+
+-- build(path) → handler, route list. Raises "file:line: message" on any
+-- load error; changes nothing the running code sees.
+local function build(path)
   local kind, err = core.stat(path)
   if not kind then error(err, 0) end
   if kind == "file" then
     local entry = load_file(path, path)
     entry.pattern = "/*"
     entry.async = is_async(entry.handler)
-    current = { describe(entry) }
-    return dispatcher(function() return entry end, {})
+    return dispatcher(function() return entry end, {}), { describe(entry) }
   end
   local dir = path:gsub("/+$", "")
   if dir == "" then dir = "/" end
-  package.path = dir .. "/?.lua;" .. package.path
   local r = router.new()
   local files = scan(dir, "", { middleware = {} })
   for _, file in ipairs(files) do
@@ -181,8 +212,79 @@ function app.load(path)
   local list = {}
   for _, entry in ipairs(r.list) do list[#list + 1] = describe(entry) end
   table.sort(list, function(a, b) return a.path < b.path end)
+  return dispatcher(function(uri, params) return r:match(uri, params) end, r.exact), list
+end
+
+-- load(path) → handler: the first load. Raises "file:line: message".
+function app.load(path)
+  app_path = path
+  if core.stat(path) == "file" then
+    root = path:match("^(.*)/[^/]*$") or "."
+  else
+    root = path:gsub("/+$", "")
+    if root == "" then root = "/" end
+  end
+  pending = {}
+  local ok, h, list = pcall(build, path)
+  hooks, pending = pending, nil
+  if not ok then error(h, 0) end
   current = list
-  return dispatcher(function(uri, params) return r:match(uri, params) end, r.exact)
+  return h
+end
+
+-- With --dev, while a reload has failed, new requests see the error.
+local function failed_app(msg)
+  local body = "reload failed: " .. msg .. "\n\nThe previous code is still loaded and the "
+    .. "requests it started go on; fix the file and save.\n"
+  return function() return text(500, body) end
+end
+
+-- reload() → the new handler, or nil (keep the running one); the outcome
+-- is logged. All or nothing: routes, middleware and the app's entries in
+-- package.loaded change together, or not at all.
+function app.reload()
+  local started = core.now()
+  local saved = {}
+  for name in pairs(modules) do
+    saved[name] = package.loaded[name]
+    package.loaded[name] = nil
+  end
+  local old_modules = modules
+  modules, pending = {}, {}
+  local ok, h, list = pcall(build, app_path)
+  local new_hooks = pending
+  pending = nil
+  if not ok then
+    for name in pairs(modules) do package.loaded[name] = nil end
+    for name, value in pairs(saved) do package.loaded[name] = value end
+    modules = old_modules
+    local msg = tostring(h)
+    if msg ~= last_error then
+      last_error = msg
+      core.log_error((core.dev and "reload failed (until it is fixed, responses show this error): "
+        or "reload failed, the previous code keeps serving: ") .. msg)
+    end
+    if core.dev then return failed_app(msg) end
+    return nil
+  end
+  last_error = nil
+  current = list
+  local old_hooks = hooks
+  hooks = new_hooks
+  for _, fn in ipairs(old_hooks) do
+    local hook_ok, err = pcall(fn)
+    if not hook_ok then core.log_error("on_reload hook failed: " .. tostring(err)) end
+  end
+  core.log_info(string.format("reloaded %s: %d route%s in %.1f ms", app_path, #list,
+    #list == 1 and "" or "s", (core.now() - started) * 1000))
+  return h
+end
+
+-- on_reload(fn): fn runs once, after a later reload has replaced the code
+-- that registered it.
+function app.on_reload(fn)
+  local list = pending or hooks
+  list[#list + 1] = fn
 end
 
 function app.routes()

@@ -37,6 +37,42 @@ function moonring.limit(opts)
   return require("moonring.limit")(opts)
 end
 
+-- state(name [, init]) → a per-worker table that survives reloads: this
+-- module is moonring's, never reloaded. `init` (a table, or a function
+-- returning one) is used only the first time `name` is asked for.
+local states = {}
+function moonring.state(name, init)
+  if type(name) ~= "string" then
+    error("moonring.state: expected a name (string), got " .. type(name), 2)
+  end
+  local t = states[name]
+  if t == nil then
+    if type(init) == "function" then t = init()
+    elseif init == nil then t = {}
+    else t = init end
+    if type(t) ~= "table" then
+      error("moonring.state: init must be a table or a function returning one, got " .. type(t), 2)
+    end
+    states[name] = t
+  end
+  return t
+end
+
+-- on_reload(fn): fn runs once, after a later reload replaced the code that
+-- registered it (to stop what that code's top level started).
+function moonring.on_reload(fn)
+  if type(fn) ~= "function" then
+    error("moonring.on_reload: expected a function, got " .. type(fn), 2)
+  end
+  require("moonring.app").on_reload(fn)
+end
+
+-- worker() → { id = k, pid = p }: k is the supervisor's number for this
+-- worker (0 without --workers).
+function moonring.worker()
+  return { id = core.worker_id, pid = core.pid }
+end
+
 -- The routes of the running app: { { path =, file =, methods = }, ... }.
 function moonring.routes()
   return require("moonring.app").routes()
