@@ -65,6 +65,15 @@ local function write_file(path, text)
 end
 helper.write_file = write_file
 
+-- Replaces `path` the way many editors save: writes a hidden temporary file
+-- next to it (a dot file: not a route, ignored by the server) and renames it
+-- over `path`, so the file is replaced at once by a new inode.
+function helper.replace_file(path, text)
+  local tmp = dirname(path) .. "/." .. path:match("[^/]*$") .. ".tmp-save"
+  write_file(tmp, text)
+  assert(os.rename(tmp, path))
+end
+
 local function capture(cmd)
   local p = assert(io.popen(cmd, "r"))
   local s = p:read("a")
@@ -209,6 +218,21 @@ function Server:signal(sig)
   return os.execute("kill -" .. sig .. " " .. self.pid .. " 2>/dev/null") == true
 end
 
+-- Occurrences of the plain text `needle` in the server's stderr.
+function Server:count_stderr(needle)
+  return helper.count(self:stderr_text(), needle)
+end
+
+-- Waits until the plain text `needle` occurs at least `n` times in the
+-- server's stderr. Returns the count reached (falsy if fewer than n).
+function Server:wait_stderr_count(needle, n, timeout)
+  local c = helper.eventually(function()
+    local k = self:count_stderr(needle)
+    return k >= n and k
+  end, timeout)
+  return c or false, self:count_stderr(needle)
+end
+
 -- Waits until `pattern` (Lua pattern) appears in the server's stderr.
 function Server:wait_stderr(pattern, timeout)
   local deadline = helper.now() + (timeout or 2 * helper.slow)
@@ -270,6 +294,7 @@ function helper.start(opts)
   opts = opts or {}
   local dir = new_dir("server")
   local self = setmetatable({
+    app = opts.app,
     dir = dir,
     stdout_path = dir .. "/stdout",
     stderr_path = dir .. "/stderr",
