@@ -257,6 +257,9 @@ int main(int argc, char **argv) {
     cfg->ready_fd = 4;
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() == 1) return 1;
+    /* libuv then yields after each accept, so a worker that is awake does
+     * not take every connection of a burst from the others. */
+    setenv("UV_TCP_SINGLE_ACCEPT", "1", 0);
   }
   if (log_open(cfg->access_log) < 0) {
     fprintf(stderr, "moonring: cannot open access log %s: %s\n", cfg->access_log, strerror(errno));
