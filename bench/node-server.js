@@ -1,5 +1,6 @@
 // Node.js `http` peer for `make bench`: one process, the same app logic as
-// bench/app/*.lua and the nginx config. Usage: node bench/node-server.js PORT
+// bench/app/*.lua and the nginx config (bench/node-cluster.js runs it in each
+// of its workers for the workers scenario). Usage: node bench/node-server.js PORT
 // Prints `listening on http://127.0.0.1:PORT` once bound.
 'use strict';
 const http = require('http');
