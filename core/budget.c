@@ -8,7 +8,8 @@
  * pcall and <close> unwind normally; if the task catches that and keeps
  * running, the hook strikes again and yields it, and the runner stops it.
  * The watchdog owns nothing but its thread; the hook removes itself when it
- * fires in a later, well-behaved slice. */
+ * fires in a later, well-behaved slice. A reload's loading of the app is a
+ * slice without a task (budget_enter(NULL, ...)): struck, never killed. */
 #include "task.h"
 #include <pthread.h>
 #include <signal.h>
@@ -60,19 +61,21 @@ static int over_budget(void) {
 
 static void hook(lua_State *L, lua_Debug *ar) {
   mr_task *t = slice_task;
-  if (!over_budget() || !t) {
+  if (!over_budget()) {
     lua_sethook(L, NULL, 0, 0);              /* left from an earlier slice */
     return;
   }
   lua_sethook(L, hook, LUA_MASKCOUNT, RESTRIKE_COUNT);
-  if (t->flags & TF_STRUCK) {
+  /* No task: the app's code loading on a reload. It cannot be yielded or
+   * killed, so it is struck until it unwinds to the reload's pcall. */
+  if (t && (t->flags & TF_STRUCK)) {
     t->flags |= TF_KILLED;                   /* it caught the error and went on */
     if (slice_can_yield && lua_isyieldable(L)) {
       lua_yield(L, 0);                       /* the runner stops it there */
       return;
     }
   }
-  t->flags |= TF_STRUCK;
+  if (t) t->flags |= TF_STRUCK;
   luaL_where(L, 0);                          /* in a hook, level 0 is the looping function */
   lua_pushliteral(L, "cpu budget exceeded");
   lua_concat(L, 2);

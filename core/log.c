@@ -20,8 +20,14 @@
  * which the kernel never interleaves with another process's writes. */
 static int access_fd = -1;      /* -1: access log off; 2: stderr */
 static int access_regular;      /* a regular file: one write may be any size */
+static int stderr_regular = -1; /* the same for the error log (-1: not looked at yet) */
 static char pending[64 * 1024];
 static size_t pending_len;
+
+static int is_regular(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+}
 
 int log_open(const char *access_log) {
   if (!access_log) return 0;
@@ -31,8 +37,7 @@ int log_open(const char *access_log) {
     access_fd = open(access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (access_fd < 0) return -1;
   }
-  struct stat st;
-  access_regular = fstat(access_fd, &st) == 0 && S_ISREG(st.st_mode);
+  access_regular = is_regular(access_fd);
   return 0;
 }
 
@@ -58,10 +63,10 @@ static void write_all(int fd, const char *p, size_t n) {
 }
 
 /* Whole lines, in pieces a pipe keeps together. */
-static void write_lines(int fd, const char *p, size_t n) {
+static void write_lines(int fd, int regular, const char *p, size_t n) {
   while (n > 0) {
     size_t take = n;
-    if (!access_regular && take > PIPE_BUF) {
+    if (!regular && take > PIPE_BUF) {
       const char *nl = memrchr(p, '\n', PIPE_BUF);
       if (!nl) nl = memchr(p + PIPE_BUF, '\n', n - PIPE_BUF);   /* one long line */
       take = nl ? (size_t)(nl - p) + 1 : n;
@@ -73,7 +78,7 @@ static void write_lines(int fd, const char *p, size_t n) {
 }
 
 void log_flush(void) {
-  if (pending_len) write_lines(access_fd, pending, pending_len);
+  if (pending_len) write_lines(access_fd, access_regular, pending, pending_len);
   pending_len = 0;
 }
 
@@ -104,12 +109,12 @@ void log_access(const char *remote, const char *method, size_t mlen, const char 
   int n = snprintf(line.data, line.cap, ACCESS_FMT, when, remote, (int)mlen, method, (int)tlen,
                    target, major, minor, status, (unsigned long long)bytes, ms,
                    (unsigned long long)id);
-  if (n > 0) write_lines(access_fd, line.data, (size_t)n < line.cap ? (size_t)n : line.cap - 1);
+  if (n > 0) write_lines(access_fd, access_regular, line.data, (size_t)n < line.cap ? (size_t)n : line.cap - 1);
   mr_buf_free(&line);
 }
 
-/* One write per line, so lines of several workers never mix; a worker's
- * lines name it. */
+/* One write per entry (of whole lines of at most PIPE_BUF to a pipe), so
+ * lines of several workers never mix; a worker's entries name it. */
 static void log_line(const char *level, const char *fmt, va_list ap) {
   log_flush();                  /* keep the two logs in order when both go to stderr */
   char when[32], line[8192];
@@ -121,7 +126,8 @@ static void log_line(const char *level, const char *fmt, va_list ap) {
   size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m
                                                                                    : sizeof line - (size_t)n - 2);
   line[len++] = '\n';
-  write_all(2, line, len);
+  if (stderr_regular < 0) stderr_regular = is_regular(2);
+  write_lines(2, stderr_regular, line, len);
 }
 
 void log_error(const char *fmt, ...) {

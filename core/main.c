@@ -3,6 +3,7 @@
  * loop until a drain finishes, and frees what is left. */
 #include "request.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
@@ -248,6 +249,7 @@ int main(int argc, char **argv) {
 
   signal(SIGPIPE, SIG_IGN);
   signal(SIGUSR2, SIG_IGN);     /* a restart means something only to a supervisor */
+  signal(SIGHUP, SIG_IGN);      /* until reload.c handles it: loading must not die of it */
   raise_fd_limit();
   if (cfg->workers > 0 && cfg->worker_id == 0) return supervisor_run(cfg, argc, argv);
   if (cfg->worker_id > 0) {
@@ -256,10 +258,16 @@ int main(int argc, char **argv) {
     cfg->listen_fd = 3;
     cfg->ready_fd = 4;
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() == 1) return 1;
-    /* libuv then yields after each accept, so a worker that is awake does
-     * not take every connection of a burst from the others. */
-    setenv("UV_TCP_SINGLE_ACCEPT", "1", 0);
+    const char *sup = getenv("MOONRING_SUPERVISOR_PID");
+    if (!sup || getppid() != (pid_t)atol(sup)) {
+      fprintf(stderr, "moonring: --worker-id is for workers started by a supervisor\n");
+      return 1;
+    }
+    unsetenv("MOONRING_SUPERVISOR_PID");
+    /* Not for what handlers start (io.popen): they must not hold the port
+     * or the readiness pipe. */
+    fcntl(3, F_SETFD, FD_CLOEXEC);
+    fcntl(4, F_SETFD, FD_CLOEXEC);
   }
   if (log_open(cfg->access_log) < 0) {
     fprintf(stderr, "moonring: cannot open access log %s: %s\n", cfg->access_log, strerror(errno));

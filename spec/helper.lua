@@ -290,6 +290,8 @@ end
 
 -- Starts $MOONRING_BIN --port 0 [opts.args...] [opts.app] and waits for its
 -- `listening on http://HOST:PORT` line. opts.env: extra environment (table).
+-- opts.no_wait: return as soon as the process runs (its pid is known), before
+-- that line; server:wait_listening() waits for it later.
 function helper.start(opts)
   opts = opts or {}
   local dir = new_dir("server")
@@ -322,23 +324,36 @@ function helper.start(opts)
   until helper.now() > deadline
   assert(self.pid, "server did not start (no pid)")
   live_servers[self] = true
+  self.argv_text = table.concat(argv, " ")
+  self.start_deadline = deadline
+  if opts.no_wait then return self end
+  local ok, err = self:wait_listening()
+  if not ok then error(err, 2) end
+  return self
+end
 
+-- Waits for the `listening on` line (until the start deadline, or `timeout`
+-- seconds from now) and sets server.host, .port and .url. Returns true, or
+-- false and an error message once the process has been killed (it exited, or
+-- it did not print the line in time).
+function Server:wait_listening(timeout)
+  local deadline = timeout and (helper.now() + timeout) or self.start_deadline
   while true do
     local out = self:stdout_text()
     local host, port = out:match("listening on http://([^%s:]+):(%d+)")
     if port then
       self.host, self.port = host, tonumber(port)
       self.url = "http://" .. host .. ":" .. port
-      return self
+      return true
     end
     local st = self:exit_status()
     if st or helper.now() > deadline then
       if not st then os.execute("kill -KILL " .. self.pid .. " 2>/dev/null"); self:wait(2) end
       live_servers[self] = nil
       self.stopped = true
-      error(string.format("server %s (argv: %s) did not print its listening line%s\nstdout:\n%s\nstderr:\n%s",
-        st and ("exited with status " .. st) or "timed out", table.concat(argv, " "),
-        "", tail(out), tail(self:stderr_text())), 2)
+      return false, string.format("server %s (argv: %s) did not print its listening line%s\nstdout:\n%s\nstderr:\n%s",
+        st and ("exited with status " .. st) or "timed out", self.argv_text,
+        "", tail(out), tail(self:stderr_text()))
     end
     socket.sleep(0.01)
   end

@@ -483,6 +483,156 @@ return function(req) return { status = 200, body = dump(st) } end
       assert.is_true(server:count_stderr(RELOADED) - reloads_before >= 20, server:stderr_text())
     end)
   end)
+
+  it("fails the reload on a broken module a handler requires lazily, and keeps the old code", function()
+    local files = {
+      ["_lib/lazy.lua"] = 'return { text = "lazy v1" }\n',
+      -- required inside the handler only, never at a file's top level
+      ["lazy.lua"] = [[
+return function(req)
+  local lazy = require "_lib.lazy"
+  return { status = 200, body = lazy.text }
+end
+]],
+      ["other.lua"] = text_route("other v1"),
+    }
+    helper.with_server({ files = files, args = { "--watch" } }, function(server)
+      assert.are.equal("lazy v1", body_of(server.port, "/lazy"))
+      local before = server:count_stderr(RELOADED)
+      local text = save_and_wait_failure(server, "_lib/lazy.lua", 'return {\n  text = = "lazy v2"\n}\n',
+        helper.replace_file)
+      assert.matches("%[error%] reload failed, the previous code keeps serving: [^\n]*_lib/lazy%.lua:2: ",
+        last_failure(text))
+      assert.are.equal(before, server:count_stderr(RELOADED), "a reload succeeded with a broken module:\n" .. text)
+      -- the old code answers every route, the one using the module included
+      assert.are.equal("lazy v1", body_of(server.port, "/lazy"))
+      assert.are.equal("other v1", body_of(server.port, "/other"))
+      helper.sleep(0.2 * helper.slow)
+      assert.are.equal("lazy v1", body_of(server.port, "/lazy"))
+
+      save_and_wait_reload(server, "_lib/lazy.lua", 'return { text = "lazy v3" }\n')
+      assert.are.equal("lazy v3", body_of(server.port, "/lazy"))
+      assert.are.equal("other v1", body_of(server.port, "/other"))
+      assert.are.equal(1, server:count_stderr(FAILED), server:stderr_text())
+    end)
+  end)
+
+  it("does not reload for files that are not .lua, nor for hidden .lua files; a new .lua reloads", function()
+    helper.with_server({ files = { ["index.lua"] = text_route("home") }, args = { "--watch" } }, function(server)
+      local app = server.app
+      local before = server:count_stderr(RELOADED)
+      helper.write_file(app .. "/access.log", "line 1\n")
+      helper.write_file(app .. "/data.json", '{"a": 1}\n')
+      helper.replace_file(app .. "/data.json", '{"a": 2}\n')
+      helper.write_file(app .. "/.x.lua", text_route("hidden"))
+      helper.write_file(app .. "/.x.lua", text_route("hidden 2"))
+      local f = assert(io.open(app .. "/access.log", "ab"))
+      for i = 2, 20 do
+        f:write("line " .. i .. "\n")
+        f:flush()
+        helper.sleep(0.02)
+      end
+      f:close()
+      os.remove(app .. "/data.json")
+      helper.sleep(1 * helper.slow)
+      assert.are.equal(before, server:count_stderr(RELOADED),
+        "a file that is not a (visible) .lua file reloaded the app:\n" .. server:stderr_text())
+      assert.are.equal(404, helper.get(server.port, "/.x").status)
+
+      save_and_wait_reload(server, "new.lua", text_route("new"), helper.write_file)
+      assert.are.equal("new", body_of(server.port, "/new"))
+      assert.are.equal("home", body_of(server.port, "/"))
+    end)
+  end)
+
+  it("watches afresh a directory another one was renamed over", function()
+    local files = { ["index.lua"] = text_route("home"), ["sub/page.lua"] = text_route("page v1") }
+    helper.with_server({ files = files, args = { "--watch" } }, function(server)
+      local app, q = server.app, helper.shell_quote
+      assert.are.equal("page v1", body_of(server.port, "/sub/page"))
+
+      -- another directory, with other routes, renamed into sub/'s place at once
+      local spare = helper.app { ["sub/page.lua"] = text_route("page v2"), ["sub/extra.lua"] = text_route("extra v2") }
+      assert(os.execute(string.format("mv %s %s && mv %s %s",
+        q(app .. "/sub"), q(spare .. "/old"), q(spare .. "/sub"), q(app .. "/sub"))))
+      wait_answer(server.port, "/sub/page", "page v2", nil, "after renaming a directory over sub/")
+      assert.are.equal("extra v2", body_of(server.port, "/sub/extra"))
+      -- a later save inside the new directory reloads
+      helper.write_file(app .. "/sub/page.lua", text_route("page v3"))
+      wait_answer(server.port, "/sub/page", "page v3", nil, "after saving in the renamed-in sub/")
+      helper.replace_file(app .. "/sub/extra.lua", text_route("extra v4"))
+      wait_answer(server.port, "/sub/extra", "extra v4", nil, "after saving in the renamed-in sub/ again")
+      -- the directory renamed away is not watched as part of the app
+      local before = server:count_stderr(RELOADED)
+      helper.write_file(spare .. "/old/page.lua", text_route("gone"))
+      helper.sleep(0.5 * helper.slow)
+      assert.are.equal(before, server:count_stderr(RELOADED), server:stderr_text())
+      assert.are.equal("page v3", body_of(server.port, "/sub/page"))
+      assert.are.equal("home", body_of(server.port, "/"))
+      helper.remove(spare)
+    end)
+  end)
+
+  it("watches afresh a directory removed and made again at once", function()
+    local files = { ["index.lua"] = text_route("home"), ["sub/page.lua"] = text_route("page v1") }
+    helper.with_server({ files = files, args = { "--watch" } }, function(server)
+      local app, q = server.app, helper.shell_quote
+      assert.are.equal("page v1", body_of(server.port, "/sub/page"))
+      -- (on ext4 the new directory usually gets the inode number of the old)
+      assert(os.execute(string.format("rm -rf %s && mkdir %s && printf '%%s' %s > %s",
+        q(app .. "/sub"), q(app .. "/sub"), q(text_route("fresh v1")), q(app .. "/sub/fresh.lua"))))
+      wait_answer(server.port, "/sub/fresh", "fresh v1", nil, "after making sub/ again")
+      assert.are.equal(404, helper.get(server.port, "/sub/page").status)
+      helper.sleep(0.1)
+      helper.write_file(app .. "/sub/fresh.lua", text_route("fresh v2"))
+      wait_answer(server.port, "/sub/fresh", "fresh v2", nil, "after saving in the remade sub/")
+      helper.write_file(app .. "/sub/more.lua", text_route("more"))
+      wait_answer(server.port, "/sub/more", "more", nil, "after creating a file in the remade sub/")
+      assert.are.equal("home", body_of(server.port, "/"))
+    end)
+  end)
+
+  it("fails a reload whose top level never ends with 'cpu budget exceeded', and keeps serving", function()
+    local files = { ["index.lua"] = text_route("home"), ["loop.lua"] = text_route("loop v1") }
+    helper.with_server({ files = files, args = { "--watch", "--cpu-budget", "0.2" } }, function(server)
+      local started = helper.now()
+      local text = save_and_wait_failure(server, "loop.lua", "while true do end\n" .. text_route("never"),
+        helper.replace_file)
+      assert.matches("cpu budget exceeded", last_failure(text))
+      assert.matches("loop%.lua", last_failure(text))
+      assert.is_true(helper.now() - started < 3 * helper.slow)
+      assert.are.equal("loop v1", body_of(server.port, "/loop"))
+      assert.are.equal("home", body_of(server.port, "/"))
+      assert.is_nil(server:exit_status())
+
+      save_and_wait_reload(server, "loop.lua", text_route("loop v2"))
+      assert.are.equal("loop v2", body_of(server.port, "/loop"))
+      assert.are.equal("home", body_of(server.port, "/"))
+      assert.are.equal(1, server:count_stderr(FAILED), server:stderr_text())
+    end)
+  end)
+
+  it("reloads during a steady stream of saves that never pauses (the debounce is capped)", function()
+    helper.with_server({ files = { ["s.lua"] = text_route("0") }, args = { "--watch" } }, function(server)
+      local before = server:count_stderr(RELOADED)
+      local started = helper.now()
+      local first, i = nil, 0
+      -- a save every ~10 ms for a second: the 25 ms debounce never expires
+      while helper.now() - started < 1 do
+        i = i + 1
+        helper.replace_file(server.app .. "/s.lua", text_route(tostring(i)))
+        helper.sleep(0.01)
+        if not first and server:count_stderr(RELOADED) > before then first = helper.now() - started end
+      end
+      local stream_end = helper.now() - started
+      local during = server:count_stderr(RELOADED) - before
+      assert(first, string.format("no reload during %.2f s of %d saves; stderr:\n%s", stream_end, i,
+        server:stderr_text()))
+      assert.is_true(first < stream_end)
+      assert.is_true(during >= 1)
+      wait_answer(server.port, "/s", tostring(i), nil, "after the stream of saves")
+    end)
+  end)
 end)
 
 describe("hot reload with --dev", function()
@@ -526,6 +676,57 @@ describe("reload on SIGHUP", function()
       assert.matches("hello%.lua:2: ", last_failure(server:stderr_text()))
       assert.are.equal("v2", body_of(server.port, "/hello"))
       assert.is_nil(server:exit_status())
+    end)
+  end)
+
+  it("runs the on_reload hooks a failed attempt's top level registered, at once", function()
+    -- a.lua (loaded before b.lua) registers a hook at every load that counts
+    -- its runs in state "h"; /a shows the count
+    local files = {
+      ["a.lua"] = [[
+local moonring = require "moonring"
+moonring.on_reload(function() local s = moonring.state("h"); s.n = (s.n or 0) + 1 end)
+return function(req) return { status = 200, body = "a " .. tostring(moonring.state("h").n or 0) } end
+]],
+      ["b.lua"] = text_route("b v1"),
+    }
+    helper.with_server({ files = files }, function(server)
+      local function hup_and_wait(needle)
+        local before = server:count_stderr(needle)
+        assert.is_true(server:signal("HUP"))
+        assert.is_truthy(server:wait_stderr_count(needle, before + 1, 3 * helper.slow), server:stderr_text())
+      end
+      assert.are.equal("a 0", body_of(server.port, "/a"))
+
+      -- attempt 1 fails on b.lua after running a.lua's top level: its hook
+      -- runs at once (1); the hook of the serving code (the first load) does not
+      helper.write_file(server.app .. "/b.lua", SYNTAX_ERROR)
+      hup_and_wait(FAILED)
+      assert.are.equal("a 1", body_of(server.port, "/a"))
+      assert.are.equal("b v1", body_of(server.port, "/b"))
+
+      -- attempt 2 fails the same way (not logged again): its own hook runs (2)
+      assert.is_true(server:signal("HUP"))
+      assert.is_truthy(helper.eventually(function() return body_of(server.port, "/a") == "a 2" end,
+        2 * helper.slow), "the hook of a second failed attempt did not run: " .. body_of(server.port, "/a"))
+      helper.sleep(0.2 * helper.slow)
+      assert.are.equal("a 2", body_of(server.port, "/a"))
+      assert.are.equal(1, server:count_stderr(FAILED), server:stderr_text())
+
+      -- fixed: attempt 3 succeeds and replaces the first load's code, whose
+      -- hook runs now (3); attempt 3's own hook waits
+      helper.write_file(server.app .. "/b.lua", text_route("b v2"))
+      hup_and_wait(RELOADED)
+      assert.are.equal("b v2", body_of(server.port, "/b"))
+      assert.are.equal("a 3", body_of(server.port, "/a"))
+      helper.sleep(0.2 * helper.slow)
+      assert.are.equal("a 3", body_of(server.port, "/a"))
+
+      -- the next successful reload runs attempt 3's hook (4), once
+      hup_and_wait(RELOADED)
+      assert.are.equal("a 4", body_of(server.port, "/a"))
+      helper.sleep(0.2 * helper.slow)
+      assert.are.equal("a 4", body_of(server.port, "/a"))
     end)
   end)
 end)

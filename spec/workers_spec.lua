@@ -336,4 +336,57 @@ describe("--workers", function()
       return true
     end, 5 * helper.slow), "workers outlived the server: " .. keys(pids))
   end)
+
+  it("does not lose a worker to a SIGHUP sent while the workers load the app; each reloads once ready", function()
+    local files = {
+      ["pid.lua"] = APP["pid.lua"],
+      -- the first load only (per worker) takes a second of CPU
+      ["slow.lua"] = [[
+local moonring = require "moonring"
+local boot = moonring.state("boot")
+if not boot.done then
+  local t = os.clock() while os.clock() - t < 1 do end
+  boot.done = true
+end
+return function(req) return { status = 200, body = "slow " .. moonring.worker().pid } end
+]],
+    }
+    local server = helper.start { app = helper.app(files), args = { "--workers", "2" }, no_wait = true }
+    finally(function() server:stop() end)
+    assert.is_truthy(server:wait_stderr("worker %d+ started[^\n]*\n[^\n]*worker %d+ started", 5 * helper.slow),
+      "not two worker start lines:\n" .. server:stderr_text())
+    helper.sleep(0.3)
+    assert.is_true(server:signal("HUP"))
+    assert.are.equal("", server:stdout_text(), "the workers were ready before SIGHUP: the spec proves nothing")
+
+    local ok, err = server:wait_listening(15 * helper.slow)
+    assert(ok, err)
+    local pids, _, count = workers_seen(server.port, 2)
+    assert.are.equal(2, count, "pids that answered: " .. keys(pids) .. "\n" .. server:stderr_text())
+    for _, r in ipairs(batch(server.port, 4, "/slow")) do
+      assert(r.res, r.err)
+      assert.matches("^slow %d+$", r.res.body)
+    end
+    -- each worker got the SIGHUP once it was ready: one reload each
+    assert.is_truthy(server:wait_stderr_count(": reloaded ", 2, 5 * helper.slow),
+      "not two reload lines:\n" .. server:stderr_text())
+    helper.sleep(0.3 * helper.slow)
+    local text = server:stderr_text()
+    assert.are.equal(2, helper.count(text, ": reloaded "), text)
+    local reloaded = {}
+    for id in text:gmatch("worker (%d+): reloaded ") do reloaded[tonumber(id)] = (reloaded[tonumber(id)] or 0) + 1 end
+    for _, id in pairs(pids) do assert.are.equal(1, reloaded[id], "worker " .. id .. " reloads:\n" .. text) end
+    assert.is_nil(text:find("killed by signal 1", 1, true), text)
+    assert.is_nil(text:find("restarting", 1, true), text)
+    assert.is_nil(server:exit_status())
+  end)
+
+  it("refuses --worker-id when not started by a supervisor: exit 1 with a message", function()
+    local app = helper.app(APP)
+    local r = helper.run({ "--port", "0", "--worker-id", "1", app }, { timeout = 5 * helper.slow })
+    assert.are.equal(1, r.status, r.stderr)
+    assert.are.equal("", r.stdout)
+    assert.matches("%-%-worker%-id", r.stderr)
+    assert.is_nil(r.stderr:find("listening", 1, true))
+  end)
 end)

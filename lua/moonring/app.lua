@@ -239,9 +239,19 @@ local function failed_app(msg)
   return function() return text(500, body) end
 end
 
+local to_run = {}              -- hooks finish_reload runs next
+
+local function message(err)
+  local ok, msg = pcall(tostring, err)
+  return ok and type(msg) == "string" and msg or "(an error object that is not a string)"
+end
+
 -- reload() → the new handler, or nil (keep the running one); the outcome
 -- is logged. All or nothing: routes, middleware and the app's entries in
--- package.loaded change together, or not at all.
+-- package.loaded change together, or not at all. Modules the old code
+-- required later (inside a handler) are required again inside the
+-- transaction too, so an error in one of them fails the reload now rather
+-- than a request later.
 function app.reload()
   local started = core.now()
   local saved = {}
@@ -251,14 +261,23 @@ function app.reload()
   end
   local old_modules = modules
   modules, pending = {}, {}
-  local ok, h, list = pcall(build, app_path)
+  local ok, h, list = pcall(function()
+    local handler, routes = build(app_path)
+    for name, file in pairs(old_modules) do
+      if package.loaded[name] == nil and core.stat(file) == "file" then require(name) end
+    end
+    return handler, routes
+  end)
   local new_hooks = pending
   pending = nil
   if not ok then
     for name in pairs(modules) do package.loaded[name] = nil end
     for name, value in pairs(saved) do package.loaded[name] = value end
     modules = old_modules
-    local msg = tostring(h)
+    -- What the failed attempt's top level started is stopped by its own
+    -- hooks: the old code "replaces" it.
+    to_run = new_hooks
+    local msg = message(h)
     if msg ~= last_error then
       last_error = msg
       core.log_error((core.dev and "reload failed (until it is fixed, responses show this error): "
@@ -269,15 +288,21 @@ function app.reload()
   end
   last_error = nil
   current = list
-  local old_hooks = hooks
-  hooks = new_hooks
-  for _, fn in ipairs(old_hooks) do
-    local hook_ok, err = pcall(fn)
-    if not hook_ok then core.log_error("on_reload hook failed: " .. tostring(err)) end
-  end
+  to_run, hooks = hooks, new_hooks
   core.log_info(string.format("reloaded %s: %d route%s in %.1f ms", app_path, #list,
     #list == 1 and "" or "s", (core.now() - started) * 1000))
   return h
+end
+
+-- After reload() and once the new handler is in place: the on_reload hooks
+-- of the code that was replaced, each protected.
+function app.finish_reload()
+  local list = to_run
+  to_run = {}
+  for _, fn in ipairs(list) do
+    local ok, err = pcall(fn)
+    if not ok then core.log_error("on_reload hook failed: " .. message(err)) end
+  end
 end
 
 -- on_reload(fn): fn runs once, after a later reload has replaced the code
