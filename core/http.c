@@ -271,7 +271,7 @@ static void process(mr_http *h, char *data, size_t len) {
     resumed = 0;
     if (h->hflags & H_MSG_DONE) break;                /* pipelined: wait for the response */
     if (!h->ps && len) conn_arm(c, mr_srv.cfg.header_timeout_ms);   /* a new head */
-    llhttp_errno_t err = llhttp_execute(&h->parser, data, len);
+    llhttp_errno_t err = parser_execute(h, data, len);
     size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&h->parser) - data);
     data += used;
     len -= used;

@@ -27,6 +27,8 @@ typedef struct mr_parse {
   uint32_t target_len;          /* the target is at offset 0 */
   unsigned nhdr;
   int in_value;                 /* last data callback was a header value */
+  int has_version;              /* the request line ended with HTTP/x.y */
+  char last_byte;               /* the last byte of the previous input (obs-fold check) */
   size_t head_bytes;            /* counted against max_header_size */
   uint64_t body_bytes;          /* counted against max_body_size */
   mr_hpair hdr[MR_MAX_HEADERS];
@@ -129,6 +131,7 @@ void parser_init(mr_http *h);
 void parser_release(mr_http *h);         /* return h->ps to the pool */
 void parser_pool_free(void);
 int parser_error_status(mr_http *h, llhttp_errno_t err);
+llhttp_errno_t parser_execute(mr_http *h, const char *data, size_t len);
 
 /* head.c: response heads. A head is built in one scratch buffer, then
  * written; head_simple builds a whole short text/plain response. */
