@@ -317,7 +317,8 @@ static void on_open(mr_conn *c) {
   mr_http *h = of(c);
   parser_init(h);
   if (mr_srv.nconns > mr_srv.cfg.max_connections) {
-    log_error("%u connections: over --max-connections, answering 503", mr_srv.nconns);
+    static mr_lograte over;
+    log_error_rate(&over, "%u connections: over --max-connections, answering 503", mr_srv.nconns);
     head_simple(c, 503, "Service Unavailable\n", "", 0);
     conn_close(c, CONN_CLOSE_GRACEFUL);
     return;

@@ -104,12 +104,40 @@ static int panic(lua_State *L) {
   abort();
 }
 
+/* package[field] without its entries relative to the working directory
+ * ("./?.lua", "./?.so"): the server must not load whatever code sits where
+ * it was started. The app's own modules are found by app.lua's searcher. */
+static void drop_relative(lua_State *L, int package, const char *field) {
+  lua_getfield(L, package, field);
+  const char *p = lua_tostring(L, -1);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  int first = 1;
+  while (p && *p) {
+    const char *end = strchr(p, ';');
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    if (n && !(n >= 2 && p[0] == '.' && p[1] == '/')) {
+      if (!first) luaL_addchar(&b, ';');
+      luaL_addlstring(&b, p, n);
+      first = 0;
+    }
+    p += n;
+    if (*p == ';') p++;
+  }
+  luaL_pushresult(&b);
+  lua_setfield(L, package, field);
+  lua_pop(L, 1);
+}
+
 /* Runs protected: (lua_dir) → the registry ref of serve bound to the app. */
 static int load_all(lua_State *L) {
   const char *lua_dir = lua_tostring(L, 1);
   mr_server *s = &mr_srv;
 
   lua_getglobal(L, "package");
+  int package = lua_gettop(L);
+  drop_relative(L, package, "path");
+  drop_relative(L, package, "cpath");
   lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir);
   lua_getfield(L, -2, "path");
   lua_concat(L, 2);

@@ -130,6 +130,28 @@ static void log_line(const char *level, const char *fmt, va_list ap) {
   write_lines(2, stderr_regular, line, len);
 }
 
+/* At most one entry per second from one place: the first of a burst goes
+ * out at once, the rest are counted into the next one that goes out. */
+void log_error_rate(mr_lograte *r, const char *fmt, ...) {
+  uint64_t now_ms = uv_hrtime() / 1000000u;
+  if (r->last_ms && now_ms - r->last_ms < 1000) {
+    r->suppressed++;
+    return;
+  }
+  char msg[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (r->suppressed)
+    log_error("%s (and %u more like it in the last %.1f s)", msg, r->suppressed,
+              (double)(now_ms - r->last_ms) / 1000.0);
+  else
+    log_error("%s", msg);
+  r->last_ms = now_ms;
+  r->suppressed = 0;
+}
+
 void log_error(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

@@ -136,6 +136,11 @@ void log_access(const char *remote, const char *method, size_t mlen, const char 
 void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+typedef struct mr_lograte {
+  uint64_t last_ms;
+  unsigned suppressed;
+} mr_lograte;
+void log_error_rate(mr_lograte *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_flush(void);
 const char *log_http_date(void);        /* "Sun, 22 Nov 2026 04:14:44 GMT", cached per second */
 

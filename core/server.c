@@ -12,7 +12,8 @@ static void close_cb_noop(uv_handle_t *h) { (void)h; }
 
 static void on_connection(uv_stream_t *listener, int status) {
   if (status < 0) {
-    log_error("accept: %s", uv_strerror(status));
+    static mr_lograte failing;       /* out of descriptors: every loop turn */
+    log_error_rate(&failing, "accept: %s", uv_strerror(status));
     return;
   }
   conn_accept(listener->data);

@@ -27,6 +27,19 @@ describe("moonring command line", function()
     assert.are.equal("", r.stdout)
   end)
 
+  it("exports the Lua C API and none of its own functions (C modules bind to Lua only)", function()
+    local p = assert(io.popen("nm -D --defined-only " .. helper.shell_quote(helper.bin) .. " 2>&1"))
+    local out = p:read("a")
+    p:close()
+    local functions = 0
+    for name in out:gmatch("%x+ [TW] ([%w_@%.]+)") do
+      functions = functions + 1
+      assert.is_truthy(name:match("^lua_") or name:match("^luaL_") or name:match("^luaopen_"),
+        "exported: " .. name)
+    end
+    assert.is_true(functions > 100, out)         -- the Lua API is there (cjson needs it)
+  end)
+
   it("exits 2 for an option missing its value", function()
     local r = helper.run { "--port" }
     assert.are.equal(2, r.status)

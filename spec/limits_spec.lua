@@ -327,6 +327,36 @@ describe("max connections", function()
       helper.assert_serves(server.port, "/")
     end)
   end)
+
+  it("logs a burst of refusals as one line with a count, not a line each", function()
+    with_app({ "--max-connections", "1" }, function(server)
+      local held = helper.connect(server.port)
+      finally(function() held:close() end)
+      held:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+      assert.are.equal(200, held:response().status)
+      local t0 = helper.now()
+      for _ = 1, 30 do
+        local _, info = helper.raw(server.port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", { timeout = 3 * helper.slow })
+        assert.is_true(info.closed)
+      end
+      local burst = helper.now() - t0
+      -- one more after a quiet second carries the count of what was held back
+      helper.sleep(1.1)
+      helper.raw(server.port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", { timeout = 3 * helper.slow })
+      local lines, counted
+      helper.eventually(function()
+        lines, counted = 0, 0
+        for line in server:stderr_text():gmatch("[^\n]*over %-%-max%-connections[^\n]*") do
+          lines = lines + 1
+          counted = counted + 1 + tonumber(line:match("and (%d+) more like it") or 0)
+        end
+        return counted == 31
+      end)
+      assert.are.equal(31, counted, server:stderr_text())     -- every refusal accounted for
+      assert.is_true(lines <= math.ceil(burst) + 2,             -- at most one line a second
+        lines .. " lines for a burst of " .. burst .. " s:\n" .. server:stderr_text())
+    end)
+  end)
 end)
 
 describe("a body the handler does not read", function()

@@ -206,6 +206,24 @@ end]] }
   end)
 end)
 
+describe("module search", function()
+  it("never looks in the server's working directory (./?.lua, ./?.so)", function()
+    local files = { ["paths.lua"] = [[return function(req)
+  return { status = 200, body = package.path .. "\n" .. package.cpath }
+end]], ["_lib/m.lua"] = "return { ok = true }", ["m.lua"] = [[local m = require "_lib.m"
+return function(req) return { status = 200, body = tostring(m.ok) } end]] }
+    helper.with_server({ files = files }, function(server)
+      local body = helper.get(server.port, "/paths").body
+      local path, cpath = body:match("^(.-)\n(.*)$")
+      for entry in (path .. ";" .. cpath):gmatch("[^;]+") do
+        assert.is_nil(entry:match("^%./"), "searches the working directory: " .. entry)
+      end
+      assert.is_truthy(path:find("?.lua", 1, true))
+      assert.are.equal("true", helper.get(server.port, "/m").body)   -- app modules still found
+    end)
+  end)
+end)
+
 describe("route files that fail to load", function()
   local function run_app(files, entry)
     local dir = helper.app(files)
