@@ -133,16 +133,26 @@ void conn_accept(mr_server *s) {
 
 /* ---- writing ---------------------------------------------------------- */
 
+/* One queued write: what was left of the caller's buffers when the socket
+ * was full. Copied bytes live in `data`; kept ones are written from where
+ * the caller has them, until `release` says they may go. */
 typedef struct write_req {
   uv_write_t req;
-  uv_buf_t buf;
+  size_t bytes;                 /* counted in c->pending */
+  mr_release_fn release;        /* NULL: nothing kept */
+  void *arg;
+  size_t kept;                  /* bytes written from the caller's memory */
+  unsigned nbufs;
+  uv_buf_t *bufs;               /* in the same block, after `data` */
   char data[];
 } write_req;
 
 static void write_cb(uv_write_t *req, int status) {
   mr_conn *c = req->handle->data;
-  c->pending -= ((write_req *)req)->buf.len;
-  free(req);
+  write_req *w = (write_req *)req;
+  c->pending -= w->bytes;
+  if (w->release) w->release(w->arg, w->kept);
+  free(w);
   c->writes--;
   if (c->flags & CONN_CLOSING) return;
   if (status < 0) {
@@ -154,45 +164,95 @@ static void write_cb(uv_write_t *req, int status) {
   if (!(c->flags & CONN_GONE)) ev->on_drained(c);
 }
 
-int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
-  if (c->flags & (CONN_CLOSING | CONN_SHUTDOWN)) return UV_EPIPE;
+static uv_buf_t buf_at(const char *p, size_t len) {   /* uv_buf_init takes 32 bits */
+  uv_buf_t b;
+  b.base = (char *)p;
+  b.len = len;
+  return b;
+}
+
+int conn_write_kept(mr_conn *c, const uv_buf_t *bufs, unsigned n, unsigned first_kept,
+                    mr_release_fn release, void *arg) {
   size_t total = 0, done = 0;
+  if (c->flags & (CONN_CLOSING | CONN_SHUTDOWN)) {
+    if (release) release(arg, 0);
+    return UV_EPIPE;
+  }
   for (unsigned i = 0; i < n; i++) total += bufs[i].len;
   if (c->writes == 0) {
     int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
     if (rc >= 0) {
       done = (size_t)rc;
     } else if (rc != UV_EAGAIN) {
+      if (release) release(arg, 0);
       conn_close(c, CONN_CLOSE_RESET);
       return rc;
     }
   }
-  if (done == total) return 0;
-  /* The socket is full: copy what is left, since the caller's buffers
-   * (often Lua strings) may go away once we return. */
-  write_req *w = malloc(sizeof *w + (total - done));
-  if (!w) { conn_close(c, CONN_CLOSE_RESET); return UV_ENOMEM; }
-  size_t off = 0, skip = done;
+  if (done == total) {
+    if (release) release(arg, 0);
+    return 0;
+  }
+  /* The socket is full. What is left of the copied buffers is copied (the
+   * caller may reuse them once we return); the kept ones are referenced. */
+  size_t copy = 0, skip = done;
+  unsigned nkept = 0;
+  for (unsigned i = 0; i < n; i++) {
+    size_t l = bufs[i].len, rest = skip >= l ? 0 : l - skip;
+    skip = skip >= l ? skip - l : 0;
+    if (!rest) continue;
+    if (i < first_kept) copy += rest;
+    else nkept++;
+  }
+  size_t nb = (copy ? 1 : 0) + nkept;
+  write_req *w = malloc(sizeof *w + copy + nb * sizeof(uv_buf_t) + sizeof(uv_buf_t));
+  if (!w) {
+    if (release) release(arg, 0);
+    conn_close(c, CONN_CLOSE_RESET);
+    return UV_ENOMEM;
+  }
+  /* the buffer list after the copied bytes, aligned */
+  size_t at = (copy + sizeof(uv_buf_t) - 1) / sizeof(uv_buf_t) * sizeof(uv_buf_t);
+  w->bufs = (uv_buf_t *)(w->data + at);
+  w->nbufs = 0;
+  w->kept = 0;
+  size_t off = 0;
+  skip = done;
   for (unsigned i = 0; i < n; i++) {
     size_t l = bufs[i].len;
     if (skip >= l) { skip -= l; continue; }
-    memcpy(w->data + off, bufs[i].base + skip, l - skip);
-    off += l - skip;
+    if (i < first_kept) {
+      memcpy(w->data + off, bufs[i].base + skip, l - skip);
+      off += l - skip;
+    } else {
+      if (off && w->nbufs == 0) w->bufs[w->nbufs++] = buf_at(w->data, off);
+      w->bufs[w->nbufs++] = buf_at(bufs[i].base + skip, l - skip);
+      w->kept += l - skip;
+    }
     skip = 0;
   }
-  w->buf = uv_buf_init(w->data, (unsigned)off);
-  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, write_cb);
+  if (off && w->nbufs == 0) w->bufs[w->nbufs++] = buf_at(w->data, off);
+  w->bytes = off + w->kept;
+  w->release = w->kept ? release : NULL;
+  w->arg = arg;
+  if (!w->kept && release) release(arg, 0);
+  int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, w->bufs, w->nbufs, write_cb);
   if (rc < 0) {
+    if (w->release) w->release(arg, 0);
     free(w);
     conn_close(c, CONN_CLOSE_RESET);
     return rc;
   }
   c->writes++;
-  c->pending += off;
-  c->queued_bytes += off;
+  c->pending += w->bytes;
+  c->queued_bytes += w->bytes;
   /* Output the client takes none of for --idle-timeout ends the connection. */
   arm_send(c);
   return 0;
+}
+
+int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {
+  return conn_write_kept(c, bufs, n, n, NULL, NULL);
 }
 
 /* ---- closing ---------------------------------------------------------- */

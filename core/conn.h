@@ -52,6 +52,14 @@ void conn_accept(mr_server *s);
  * The buffers may be reused as soon as this returns. Returns 0 or a uv error
  * (the connection is then closing). */
 int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n);
+/* As conn_write, but bufs[first_kept..n) are never copied: when the socket
+ * is full they are written from where they are, so they must stay valid
+ * until release(arg, bytes) is called. It is called exactly once, whatever
+ * happens (at once when nothing had to wait, or on failure); `bytes` is how
+ * much was written from the kept buffers after waiting (0: none). */
+typedef void (*mr_release_fn)(void *arg, size_t bytes);
+int conn_write_kept(mr_conn *c, const uv_buf_t *bufs, unsigned n, unsigned first_kept,
+                    mr_release_fn release, void *arg);
 /* Bytes handed to conn_write that this connection still holds: queued for
  * the socket, or written but not yet released by libuv's write callback
  * (which runs on a later loop iteration). What backpressure must bound. */

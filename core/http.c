@@ -104,6 +104,15 @@ int http_write(mr_exchange *ex, const uv_buf_t *bufs, unsigned n) {
   return conn_write(&ex->http->conn, bufs, n);
 }
 
+int http_write_kept(mr_exchange *ex, const uv_buf_t *bufs, unsigned n, unsigned first_kept,
+                    mr_release_fn release, void *arg) {
+  if (!ex->http) {
+    release(arg, 0);
+    return UV_EPIPE;
+  }
+  return conn_write_kept(&ex->http->conn, bufs, n, first_kept, release, arg);
+}
+
 size_t http_queued(const mr_exchange *ex) {
   return ex->http ? conn_queued(&ex->http->conn) : 0;
 }

@@ -105,6 +105,9 @@ void http_init(const mr_http_events *ev);
 void http_attach(mr_http *h, mr_exchange *ex);
 /* 0, or a uv error once the client is gone (ex->http is then NULL). */
 int http_write(mr_exchange *ex, const uv_buf_t *bufs, unsigned n);
+/* http_write with bufs[first_kept..n) written in place (conn_write_kept). */
+int http_write_kept(mr_exchange *ex, const uv_buf_t *bufs, unsigned n, unsigned first_kept,
+                    mr_release_fn release, void *arg);
 size_t http_queued(const mr_exchange *ex);
 /* The response head is queued: the request deadline no longer applies. */
 void http_head_sent(mr_exchange *ex, int status);

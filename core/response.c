@@ -5,14 +5,43 @@
  * value whose metatable has __moonring_body, such as moonring.stream and
  * channels) is handed back to serve, which drives it through stream.c.
  * Header names and values that could split the response are refused, never
- * written. */
+ * written.
+ *
+ * A big string body is never copied: when the socket cannot take it at
+ * once, the rest is written from the Lua string itself, which a registry
+ * ref keeps alive until the transport releases it. Releasing a big one
+ * asks for a full GC and malloc_trim on the next loop turn, so its memory
+ * goes back to the system once the client has it. */
 #include "request.h"
+#include <lauxlib.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #define MAX_INLINE_BUFS 16
+#define KEEP_MIN (64 * MR_KIB)         /* smaller string bodies are copied (cheaper than a ref) */
+#define RECLAIM_MIN (1024 * MR_KIB)    /* a release this big brings a full GC and a trim */
+
+static uv_check_t reclaim;             /* unreferenced; closed with the loop's other handles */
+
+static void reclaim_cb(uv_check_t *h) {
+  uv_check_stop(h);
+  lua_gc(mr_srv.L, LUA_GCCOLLECT, 0);
+  malloc_trim(0);
+}
+
+/* The transport is done with a kept string body (response_send). */
+static void release_body(void *arg, size_t bytes) {
+  luaL_unref(mr_srv.L, LUA_REGISTRYINDEX, (int)(intptr_t)arg);
+  if (bytes < RECLAIM_MIN) return;
+  if (!reclaim.loop) {
+    uv_check_init(mr_srv.loop, &reclaim);
+    uv_unref((uv_handle_t *)&reclaim);
+  }
+  uv_check_start(&reclaim, reclaim_cb);
+}
 
 /* Raises "bad response: ..." without a position: the caller is always
  * serve.lua, and the log line names the route instead. */
@@ -189,7 +218,15 @@ int response_send(lua_State *L) {
   if (send_body && kind == LUA_TTABLE && nparts >= MAX_INLINE_BUFS)
     bufs = lua_newuserdatauv(L, sizeof(uv_buf_t) * ((size_t)nparts + 1), 0);
   bufs[n++] = uv_buf_init(head->data, (unsigned)head->len);
-  if (send_body && kind == LUA_TSTRING && blen) {
+  if (send_body && kind == LUA_TSTRING && blen >= KEEP_MIN) {
+    bufs[n].base = (char *)lua_tostring(L, 5);
+    bufs[n++].len = blen;
+    lua_pushvalue(L, 5);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    http_write_kept(ex, bufs, n, 1, release_body, (void *)(intptr_t)ref);
+    ex->bytes_out += blen;
+    return 0;
+  } else if (send_body && kind == LUA_TSTRING && blen) {
     bufs[n++] = uv_buf_init((char *)lua_tostring(L, 5), (unsigned)blen);
   } else if (send_body && kind == LUA_TTABLE && !method) {
     for (lua_Integer i = 1; i <= nparts; i++) {
@@ -197,7 +234,10 @@ int response_send(lua_State *L) {
       size_t l;
       const char *s = lua_tolstring(L, -1, &l);
       lua_pop(L, 1);
-      if (l) bufs[n++] = uv_buf_init((char *)s, (unsigned)l);
+      if (l) {
+        bufs[n].base = (char *)s;             /* not uv_buf_init: lengths over 4 GiB */
+        bufs[n++].len = l;
+      }
     }
   }
   http_write(ex, bufs, n);

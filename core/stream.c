@@ -62,10 +62,12 @@ static int put_chunk(mr_request *r, const char *s, size_t len) {
     size_t v = len;
     do size[--i] = "0123456789abcdef"[v & 15]; while ((v >>= 4) && i > 0);
     bufs[n++] = uv_buf_init(size + i, (unsigned)(sizeof size - (size_t)i));
-    bufs[n++] = uv_buf_init((char *)s, (unsigned)len);
+    bufs[n].base = (char *)s;                 /* not uv_buf_init: lengths over 4 GiB */
+    bufs[n++].len = len;
     bufs[n++] = uv_buf_init("\r\n", 2);
   } else {
-    bufs[n++] = uv_buf_init((char *)s, (unsigned)len);
+    bufs[n].base = (char *)s;
+    bufs[n++].len = len;
   }
   http_write(ex, bufs, n);
   ex->bytes_out += len;
