@@ -8,6 +8,7 @@
  * in its socket's close callback, after on_close let go of it. */
 #include "conn.h"
 #include <netinet/in.h>
+#include <malloc.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,18 @@
 #define LINGER_MS     2000     /* how long a closing connection drains input */
 
 static const mr_conn_events *ev;
+
+/* Memory given back by closed connections and finished writes since the
+ * last malloc_trim: glibc keeps freed heap memory mapped, so after 3,000
+ * slow clients leave, RSS would stay where their peak put it. */
+#define TRIM_AFTER (1024 * MR_KIB)
+static size_t freed;
+
+void conn_trim(void) {
+  if (freed < TRIM_AFTER) return;
+  freed = 0;
+  malloc_trim(0);
+}
 
 void conn_set_events(const mr_conn_events *events) { ev = events; }
 
@@ -100,6 +113,7 @@ static void close_cb(uv_handle_t *h) {
   if (c->next) c->next->prev = c->prev;
   s->nconns--;
   free(c);
+  freed += ev->size + READBUF_SIZE / 16;   /* the struct, and a share of what the layer above freed */
   server_conn_closed(s);
 }
 
@@ -151,6 +165,7 @@ static void write_cb(uv_write_t *req, int status) {
   mr_conn *c = req->handle->data;
   write_req *w = (write_req *)req;
   c->pending -= w->bytes;
+  freed += w->bytes - w->kept;
   if (w->release) w->release(w->arg, w->kept);
   free(w);
   c->writes--;

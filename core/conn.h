@@ -46,6 +46,7 @@ typedef struct mr_conn_events {
 } mr_conn_events;
 
 void conn_set_events(const mr_conn_events *ev);
+void conn_trim(void);            /* malloc_trim once enough connection memory was freed */
 int conn_idle(const mr_conn *c);
 void conn_accept(mr_server *s);
 /* Queue bytes for the client: tries to write at once, copies what remains.

@@ -33,6 +33,7 @@ static void sweep_cb(uv_timer_t *t) {
     if (conn_due(c, now)) conn_expired(c, now);
     else if (c->flags & CONN_HELD) conn_check_reset(c);
   }
+  conn_trim();
 }
 
 /* The sweep's period: a quarter of the shortest timeout, within 10-250 ms,
