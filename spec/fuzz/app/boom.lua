@@ -1,0 +1,4 @@
+-- /boom : the handler raises (500, the connection stays usable).
+return function(req)
+  error("boom")
+end
