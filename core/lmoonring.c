@@ -207,3 +207,24 @@ int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen) {
   }
   return 0;
 }
+
+static void close_walk_cb(uv_handle_t *h, void *arg) {
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* Drained: every connection is closed. Frees the rest (the Lua state, the
+ * loop's last handles, the pools) so leak checkers see a clean exit. */
+void mr_teardown(void) {
+  lua_close(mr_srv.L);
+  uv_walk(mr_srv.loop, close_walk_cb, NULL);
+  uv_run(mr_srv.loop, UV_RUN_DEFAULT);
+  uv_loop_close(mr_srv.loop);
+  parser_pool_free();
+  head_free();
+  free(mr_srv.readbuf);
+  mr_lua_alloc_release();
+  request_pool_free();
+  spawn_pool_free();
+  task_free_all();
+  log_flush();
+}

@@ -119,10 +119,6 @@ static void raise_fd_limit(void) {
   }
 }
 
-static void close_walk_cb(uv_handle_t *h, void *arg) {
-  if (!uv_is_closing(h)) uv_close(h, NULL);
-}
-
 enum { OPT_HOST = 256, OPT_PORT, OPT_DEV, OPT_ACCESS_LOG, OPT_MAX_HEADER, OPT_MAX_BODY,
        OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_MAX_CONN, OPT_GRACE,
        OPT_MAX_INFLIGHT, OPT_WRITE_BUFFER, OPT_CPU_BUDGET, OPT_WATCH, OPT_WORKERS, OPT_WORKER_ID,
@@ -293,19 +289,6 @@ int main(int argc, char **argv) {
   uv_run(mr_srv.loop, UV_RUN_DEFAULT);
   budget_stop();
 
-  /* Drained: every connection is closed. Free the rest so leak checkers see
-   * a clean exit. */
-  lua_close(mr_srv.L);
-  uv_walk(mr_srv.loop, close_walk_cb, NULL);
-  uv_run(mr_srv.loop, UV_RUN_DEFAULT);
-  uv_loop_close(mr_srv.loop);
-  parser_pool_free();
-  head_free();
-  free(mr_srv.readbuf);
-  mr_lua_alloc_release();
-  request_pool_free();
-  spawn_pool_free();
-  task_free_all();
-  log_flush();
+  mr_teardown();
   return 0;
 }

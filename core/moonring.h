@@ -118,6 +118,7 @@ void mr_lua_alloc_release(void);
 
 /* lmoonring.c: opens the `moonring.core` module and loads serve + app. */
 int mr_lua_init(mr_server *s, const char *lua_dir, char *err, size_t errlen);
+void mr_teardown(void);                  /* after the loop ends: free everything */
 
 /* reload.c: the app reloaded in place on SIGHUP and, with --watch, on save. */
 void reload_bind(lua_State *L, int serve_idx, int app_idx);  /* serve() and moonring.app */

@@ -271,10 +271,6 @@ static void set_limits(int profile, int dev) {
   }
 }
 
-static void close_walk_cb(uv_handle_t *h, void *arg) {
-  if (!uv_is_closing(h)) uv_close(h, NULL);
-}
-
 /* At exit (the end of -runs or -max_total_time): the drain and the frees of
  * main(), so LeakSanitizer sees a clean exit. */
 static void shutdown_server(void) {
@@ -282,18 +278,7 @@ static void shutdown_server(void) {
   server_drain(&mr_srv);
   uv_run(mr_srv.loop, UV_RUN_DEFAULT);
   budget_stop();
-  lua_close(mr_srv.L);
-  uv_walk(mr_srv.loop, close_walk_cb, NULL);
-  uv_run(mr_srv.loop, UV_RUN_DEFAULT);
-  uv_loop_close(mr_srv.loop);
-  parser_pool_free();
-  head_free();
-  free(mr_srv.readbuf);
-  mr_lua_alloc_release();
-  request_pool_free();
-  spawn_pool_free();
-  task_free_all();
-  log_flush();
+  mr_teardown();
   if (verbose) diag("moonring-fuzz: %llu inputs, server shut down\n", (unsigned long long)inputs);
 }
 
