@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <malloc.h>
 #include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,8 +57,10 @@ void conn_expired(mr_conn *c, uint64_t now) {
     if (c->writes && sent_bytes(c) > c->sent_mark) {
       arm_send(c);                     /* a slow reader, but a reader: more time */
     } else if (c->writes || (c->flags & CONN_SHUTDOWN)) {
-      /* the client stopped reading our output (or the last writes are stuck) */
-      conn_close(c, (c->flags & CONN_SHUTDOWN) ? CONN_CLOSE_NOW : CONN_CLOSE_RESET);
+      /* The client stopped reading our output (or the last writes are
+       * stuck): a reset, so it cannot take a cut body for a whole one
+       * (HTTP/1.0 close-delimited), even after a graceful close began. */
+      conn_close(c, c->writes ? CONN_CLOSE_RESET : CONN_CLOSE_NOW);
       return;
     }
   }
@@ -313,6 +316,14 @@ void conn_close(mr_conn *c, int how) {
   if (how == CONN_CLOSE_RESET && !(c->flags & CONN_SHUTDOWN) &&
       uv_tcp_close_reset(&c->tcp, close_cb) == 0)
     return;
+  if (how == CONN_CLOSE_RESET) {
+    /* libuv refuses uv_tcp_close_reset once a shutdown is pending: the
+     * same by hand (a zero linger makes close send RST). */
+    uv_os_fd_t fd;
+    struct linger l = {1, 0};
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+      setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  }
   uv_close((uv_handle_t *)&c->tcp, close_cb);
 }
 
