@@ -65,9 +65,11 @@ static void hook(lua_State *L, lua_Debug *ar) {
     lua_sethook(L, NULL, 0, 0);              /* left from an earlier slice */
     return;
   }
-  lua_sethook(L, hook, LUA_MASKCOUNT, RESTRIKE_COUNT);
   /* No task: the app's code loading on a reload. It cannot be yielded or
-   * killed, so it is struck until it unwinds to the reload's pcall. */
+   * killed: it is struck once per watchdog tick (the hook is set again by
+   * the next signal), which leaves the reload's own clean-up a tick to run
+   * after the error has unwound to it. */
+  lua_sethook(L, t ? hook : NULL, t ? LUA_MASKCOUNT : 0, t ? RESTRIKE_COUNT : 0);
   if (t && (t->flags & TF_STRUCK)) {
     t->flags |= TF_KILLED;                   /* it caught the error and went on */
     if (slice_can_yield && lua_isyieldable(L)) {
