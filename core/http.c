@@ -80,6 +80,7 @@ void http_attach(mr_http *h, mr_exchange *ex) {
   /* The deadline runs from the start: a handler that never parks costs only
    * this store, and one that never answers meets it. */
   conn_arm(&h->conn, s->cfg.request_timeout_ms);
+  ex->deadline = h->conn.expire;
 }
 
 /* HTTP lets go of the exchange; the rest of its message body, if any, is

@@ -53,6 +53,7 @@ typedef struct mr_exchange {
   uint64_t id;
   uint64_t start_ns;            /* for the access log */
   uint64_t bytes_out;           /* body bytes, for the access log */
+  uint64_t deadline;            /* loop time (ms) by which the response must start */
 } mr_exchange;
 
 enum {

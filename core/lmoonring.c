@@ -3,7 +3,9 @@
  * library wrapper, the serve function and the app handler, all loaded under
  * lua_pcall so a bad app is an error message, never a crash. Each
  * capability's functions live in its own file (request.c, response.c,
- * stream.c, timer.c, channel.c, spawn.c, promise.c) and are gathered here. */
+ * stream.c, timer.c, channel.c, spawn.c, promise.c; outbound I/O: socket.c,
+ * sockio.c, dns.c, resparse.c, fetch.c, thread.c, fs.c) and are gathered
+ * here. */
 #include "request.h"
 #include <lauxlib.h>
 #include <lualib.h>
@@ -82,10 +84,16 @@ static int luaopen_moonring_core(lua_State *L) {
   lua_setfield(L, -2, "send");
   luaL_setfuncs(L, stream_funcs, 0);
   luaL_setfuncs(L, timer_funcs, 0);
+  luaL_setfuncs(L, thread_funcs, 0);
+  luaL_setfuncs(L, fs_funcs, 0);
   luaL_setfuncs(L, channel_funcs, 0);
   luaL_setfuncs(L, spawn_funcs, 0);
   luaL_setfuncs(L, promise_funcs, 0);
   luaL_setfuncs(L, task_funcs, 0);
+  luaL_setfuncs(L, socket_funcs, 0);
+  luaL_setfuncs(L, dns_funcs, 0);
+  luaL_setfuncs(L, resparse_funcs, 0);
+  luaL_setfuncs(L, fetch_funcs, 0);
   lua_pushliteral(L, MOONRING_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushboolean(L, mr_srv.cfg.dev);
@@ -155,6 +163,9 @@ static int load_all(lua_State *L) {
   channel_open(L);
   spawn_open(L);
   promise_open(L);
+  thread_open(L);
+  socket_open(L);
+  resparse_open(L);
   coro_open(L);
 
   /* serve(app) → the function each request's main task runs with its
@@ -181,7 +192,9 @@ static int load_all(lua_State *L) {
 /* The server has drained: tasks still running stop at their next wait. */
 static void stop_tasks(void) {
   reload_stop();
+  socket_stop_all();
   spawn_cancel_all();
+  thread_stop_all();
   task_run();
 }
 
@@ -215,6 +228,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 /* Drained: every connection is closed. Frees the rest (the Lua state, the
  * loop's last handles, the pools) so leak checkers see a clean exit. */
 void mr_teardown(void) {
+  socket_stop_all();
   lua_close(mr_srv.L);
   uv_walk(mr_srv.loop, close_walk_cb, NULL);
   uv_run(mr_srv.loop, UV_RUN_DEFAULT);
@@ -226,5 +240,7 @@ void mr_teardown(void) {
   request_pool_free();
   spawn_pool_free();
   task_free_all();
+  thread_close_all();
+  socket_free_all();
   log_flush();
 }

@@ -44,6 +44,8 @@ static const char usage_text[] =
   "                           writer waits (default 64k)\n"
   "  --cpu-budget SEC         Lua run without waiting before a task is stopped\n"
   "                           with \"cpu budget exceeded\" (default 1; 0: none)\n"
+  "  --threads N              moonring.run_in_thread jobs running at once\n"
+  "                           (default 4; more wait, up to 1024)\n"
   "  --grace SEC              SIGTERM/SIGINT drain bound (default 10)\n"
   "  --help                   this text\n"
   "  --version                the version\n"
@@ -122,7 +124,7 @@ static void raise_fd_limit(void) {
 enum { OPT_HOST = 256, OPT_PORT, OPT_DEV, OPT_ACCESS_LOG, OPT_MAX_HEADER, OPT_MAX_BODY,
        OPT_HEADER_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_MAX_CONN, OPT_GRACE,
        OPT_MAX_INFLIGHT, OPT_WRITE_BUFFER, OPT_CPU_BUDGET, OPT_WATCH, OPT_WORKERS, OPT_WORKER_ID,
-       OPT_HELP, OPT_VERSION };
+       OPT_THREADS, OPT_HELP, OPT_VERSION };
 
 int main(int argc, char **argv) {
   mr_config *cfg = &mr_srv.cfg;
@@ -141,6 +143,7 @@ int main(int argc, char **argv) {
     .write_buffer = 64 * MR_KIB,
     .max_connections = 16384,
     .max_inflight = 10000,
+    .threads = 4,
     .listen_fd = -1,
     .ready_fd = -1,
   };
@@ -162,6 +165,7 @@ int main(int argc, char **argv) {
     {"watch", no_argument, 0, OPT_WATCH},
     {"workers", required_argument, 0, OPT_WORKERS},
     {"worker-id", required_argument, 0, OPT_WORKER_ID},   /* given by the supervisor */
+    {"threads", required_argument, 0, OPT_THREADS},
     {"help", no_argument, 0, OPT_HELP},
     {"version", no_argument, 0, OPT_VERSION},
     {0, 0, 0, 0},
@@ -223,6 +227,10 @@ int main(int argc, char **argv) {
       if (parse_int(optarg, 1, 10000000, &v)) bad = "--max-connections expects a positive number";
       cfg->max_connections = (unsigned)v;
       break;
+    case OPT_THREADS:
+      if (parse_int(optarg, 1, 1000, &v)) bad = "--threads expects 1-1000";
+      cfg->threads = (unsigned)v;
+      break;
     case OPT_HELP: usage(stdout); return 0;
     case OPT_VERSION: printf("moonring %s\n", MOONRING_VERSION); return 0;
     default:
@@ -268,6 +276,14 @@ int main(int argc, char **argv) {
   if (log_open(cfg->access_log) < 0) {
     fprintf(stderr, "moonring: cannot open access log %s: %s\n", cfg->access_log, strerror(errno));
     return 1;
+  }
+  /* libuv's pool (made at its first use) runs the thread jobs and also
+   * file calls and DNS lookups: 4 threads more than --threads, so those are
+   * never starved by Lua jobs. An explicit UV_THREADPOOL_SIZE wins. */
+  if (!getenv("UV_THREADPOOL_SIZE")) {
+    char n[16];
+    snprintf(n, sizeof n, "%u", cfg->threads + 4);
+    setenv("UV_THREADPOOL_SIZE", n, 1);
   }
   mr_srv.loop = uv_default_loop();
   char lua_dir_buf[PATH_MAX], err[4096];

@@ -35,6 +35,7 @@ typedef struct mr_config {
   uint64_t cpu_budget_ms;       /* Lua run without yielding before it is stopped */
   unsigned max_connections;     /* over it: 503 and close */
   unsigned max_inflight;        /* requests being handled; over it: 503 + Retry-After */
+  unsigned threads;             /* run_in_thread jobs running at once (0: the default, 4) */
 } mr_config;
 
 struct mr_conn;

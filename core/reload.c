@@ -67,6 +67,7 @@ static int reload_protected(lua_State *L) {
     lua_insert(L, -2);
     lua_call(L, 1, 1);
     lua_rawseti(L, LUA_REGISTRYINDEX, rl.s->serve_ref);
+    thread_reloaded();          /* thread states made from now on load the new code */
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, rl.finish_fn);
   lua_call(L, 0, 0);

@@ -34,6 +34,7 @@ void request_unref(mr_request *r) {
   if (--r->refs > 0) return;
   r->live = 0;
   r->gen++;
+  if (r->links) socket_request_done(r);
   if (r->on_close_ref != LUA_NOREF) {
     luaL_unref(mr_srv.L, LUA_REGISTRYINDEX, r->on_close_ref);
     r->on_close_ref = LUA_NOREF;

@@ -24,6 +24,7 @@ typedef struct mr_request {
   mr_buf body;                  /* request body received and not read yet */
   mr_waitq readers;             /* tasks waiting in req.body:read() */
   mr_waitq drainers;            /* tasks waiting in a write for the output to drain */
+  struct mr_link *links;        /* outbound connections its tasks opened (socket.c) */
 } mr_request;
 
 static inline mr_request *request_of(mr_exchange *ex) { return (mr_request *)ex; }
@@ -97,6 +98,26 @@ void spawn_open(lua_State *L);
 void spawn_detached(lua_State *L, int nargs);
 void spawn_cancel_all(void);             /* shutdown: every spawned task stops waiting */
 void spawn_pool_free(void);
+
+/* socket.c, keepalive.c, dns.c: cosockets (link.h has their internals). */
+extern const luaL_Reg socket_funcs[];
+extern const luaL_Reg dns_funcs[];
+void socket_open(lua_State *L);
+void socket_request_done(mr_request *r); /* released: close the connections it still holds */
+void socket_stop_all(void);              /* drained: close the pooled connections */
+void socket_free_all(void);              /* exit */
+/* resparse.c: the HTTP client's response parser. */
+extern const luaL_Reg resparse_funcs[];
+extern const luaL_Reg fetch_funcs[];         /* fetch.c: one exchange on a cosocket */
+void resparse_open(lua_State *L);
+
+/* thread.c: run_in_thread on libuv's pool; fs.c: moonring.fs. */
+extern const luaL_Reg thread_funcs[];
+extern const luaL_Reg fs_funcs[];
+void thread_open(lua_State *L);
+void thread_reloaded(void);              /* a reload succeeded: cached thread states are stale */
+void thread_stop_all(void);              /* drained: running jobs' Lua stops */
+void thread_close_all(void);             /* exit: the cached thread states */
 
 /* timer.c, channel.c, promise.c */
 int timeout_deadline(lua_State *L, int idx, uint64_t *deadline);   /* 0: not a timeout */

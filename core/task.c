@@ -278,7 +278,16 @@ int task_is_cancel_error(lua_State *L, int idx) {
 
 int task_park(lua_State *L, mr_task *t, int wait, mr_wait_cancel cancel, void *data,
               lua_KFunction k, lua_KContext ctx) {
-  if (t->flags & TF_CANCELLED) return task_raise_cancelled(L);
+  if (t->flags & TF_CANCELLED) {
+    /* undo what the primitive set up for the wait, so nothing is left
+     * pointing at a task that is about to end */
+    if (cancel) {
+      t->wait_data = data;
+      cancel(t);
+      t->wait_data = NULL;
+    }
+    return task_raise_cancelled(L);
+  }
   t->wait = (uint8_t)wait;
   t->wait_cancel = cancel;
   t->wait_data = data;

@@ -33,7 +33,7 @@ enum {
 };
 
 enum { WAIT_NONE, WAIT_SLEEP, WAIT_BODY, WAIT_DRAIN, WAIT_JOIN, WAIT_CHANNEL, WAIT_SELECT,
-       WAIT_PROMISE, WAIT_TURN };
+       WAIT_PROMISE, WAIT_TURN, WAIT_SOCKET, WAIT_THREAD, WAIT_FS };
 enum { WAKE_OK, WAKE_CANCEL };
 
 /* A task's place in one wait queue. A task waiting on one thing uses the node
@@ -125,8 +125,9 @@ mr_task *task_check(lua_State *L, const char *what);
  * before the primitive has any side effect. */
 void task_check_yieldable(lua_State *L, const char *what);
 /* From inside a primitive in coroutine L: park the task until task_wake.
- * Raises "cancelled" when the task is cancelled already. `cancel` (may be
- * NULL) undoes the wait if the task is cancelled meanwhile.
+ * Raises "cancelled" when the task is cancelled already (after calling
+ * `cancel` to undo what the primitive set up). `cancel` (may be NULL) undoes
+ * the wait if the task is cancelled meanwhile.
  * Use as `return task_park(L, t, WAIT_X, cancel, data, k, ctx);` */
 int task_park(lua_State *L, mr_task *t, int wait, mr_wait_cancel cancel, void *data,
               lua_KFunction k, lua_KContext ctx);

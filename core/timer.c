@@ -51,6 +51,7 @@ static int l_sleep(lua_State *L) {
   uv_timer_init(mr_srv.loop, &z->timer);
   z->timer.data = z;
   z->t = t;
+  uv_update_time(mr_srv.loop);               /* from now: Lua may have run a while this turn */
   if (uv_timer_start(&z->timer, sleep_cb, ms, 0) < 0) {
     uv_close((uv_handle_t *)&z->timer, free_cb);
     return luaL_error(L, "moonring.sleep: cannot start a timer");
@@ -60,13 +61,19 @@ static int l_sleep(lua_State *L) {
 
 /* ---- timeouts --------------------------------------------------------- */
 
+static const void *timeout_mt;   /* compared by address: no registry lookup per call */
+static int timeout_mt_ref = LUA_NOREF;
+
 typedef struct mr_timeout {
   uint64_t deadline;            /* loop time, ms */
 } mr_timeout;
 
 int timeout_deadline(lua_State *L, int idx, uint64_t *deadline) {
-  mr_timeout *o = luaL_testudata(L, idx, TIMEOUT_MT);
-  if (!o) return 0;
+  mr_timeout *o = lua_touserdata(L, idx);
+  if (!o || !lua_getmetatable(L, idx)) return 0;
+  int ok = lua_topointer(L, -1) == timeout_mt;
+  lua_pop(L, 1);
+  if (!ok) return 0;
   *deadline = o->deadline;
   return 1;
 }
@@ -75,27 +82,29 @@ int timeout_deadline(lua_State *L, int idx, uint64_t *deadline) {
 static int l_timeout(lua_State *L) {
   uint64_t ms = check_ms(L, 1);
   mr_timeout *o = lua_newuserdatauv(L, sizeof *o, 0);
+  uv_update_time(mr_srv.loop);
   o->deadline = uv_now(mr_srv.loop) + ms;
-  luaL_setmetatable(L, TIMEOUT_MT);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, timeout_mt_ref);
+  lua_setmetatable(L, -2);
   return 1;
 }
 
 /* timeout:remaining() → seconds left (0 once expired). */
 static int timeout_remaining(lua_State *L) {
-  mr_timeout *o = luaL_checkudata(L, 1, TIMEOUT_MT);
+  mr_timeout *o = check_udata(L, 1, timeout_mt, TIMEOUT_MT);
   uint64_t now = uv_now(mr_srv.loop);
   lua_pushnumber(L, o->deadline > now ? (lua_Number)(o->deadline - now) / 1000.0 : 0.0);
   return 1;
 }
 
 static int timeout_expired(lua_State *L) {
-  mr_timeout *o = luaL_checkudata(L, 1, TIMEOUT_MT);
+  mr_timeout *o = check_udata(L, 1, timeout_mt, TIMEOUT_MT);
   lua_pushboolean(L, uv_now(mr_srv.loop) >= o->deadline);
   return 1;
 }
 
 static int timeout_tostring(lua_State *L) {
-  mr_timeout *o = luaL_checkudata(L, 1, TIMEOUT_MT);
+  mr_timeout *o = check_udata(L, 1, timeout_mt, TIMEOUT_MT);
   uint64_t now = uv_now(mr_srv.loop);
   lua_pushfstring(L, "moonring.timeout (%f s left)",
                   o->deadline > now ? (lua_Number)(o->deadline - now) / 1000.0 : 0.0);
@@ -117,8 +126,30 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* deadline() → seconds left before the calling task's request meets its
+ * deadline (504), or nil: outside a request, or once its response started
+ * (no deadline applies any more). */
+static int l_deadline(lua_State *L) {
+  mr_task *t = task_current(L);
+  mr_request *r = t ? t->req : NULL;
+  if (!r || r->ended || (r->ex.flags & EX_HEAD_SENT) || !r->ex.deadline) return 0;
+  uint64_t now = uv_now(mr_srv.loop);
+  lua_pushnumber(L, r->ex.deadline > now ? (lua_Number)(r->ex.deadline - now) / 1000.0 : 0.0);
+  return 1;
+}
+
+/* clock() → seconds on the loop's monotonic clock (brought up to date):
+ * for deadlines kept as plain numbers (the HTTP client's). */
+static int l_clock(lua_State *L) {
+  uv_update_time(mr_srv.loop);
+  lua_pushnumber(L, (lua_Number)uv_now(mr_srv.loop) / 1000.0);
+  return 1;
+}
+
 const luaL_Reg timer_funcs[] = {
+  {"clock", l_clock},
   {"sleep", l_sleep},
+  {"deadline", l_deadline},
   {"now", l_now},
   {"timeout", l_timeout},
   {NULL, NULL},
@@ -126,6 +157,9 @@ const luaL_Reg timer_funcs[] = {
 
 void timer_open(lua_State *L) {
   luaL_newmetatable(L, TIMEOUT_MT);
+  timeout_mt = lua_topointer(L, -1);
+  lua_pushvalue(L, -1);
+  timeout_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushcfunction(L, timeout_tostring);
   lua_setfield(L, -2, "__tostring");
   luaL_newlib(L, timeout_methods);

@@ -12,9 +12,42 @@ local moonring = {
   select = core.select,           -- select{ ch, {ch, v}, timeout, ... } → op, value
   timeout = core.timeout,         -- timeout(seconds) → a deadline for select
   now = core.now,                 -- now() → wall-clock seconds since the epoch (fraction: µs)
+  run_in_thread = core.run_in_thread, -- run_in_thread(module, fn, ...) → fn's results, in a thread
+  fs = {                          -- files, on libuv's thread pool; each → value or nil, err
+    read = core.fs_read,          -- read(path [, {timeout}]) → string
+    write = core.fs_write,        -- write(path, data [, {append, mode, timeout}]) → true
+    stat = core.fs_stat,          -- stat(path [, {timeout}]) → { size, mtime, type, mode }
+    list = core.fs_list,          -- list(path [, {timeout}]) → { {name =, type =}, ... }
+  },
+  tcp = core.tcp,                 -- tcp() → a cosocket (OpenResty's API; times in ms)
+  resolve = core.resolve,         -- resolve(name [, {ttl, timeout}]) → { "addr", ... }
+  dns = core.dns,                 -- dns{ ttl = s }: the lookup cache's TTL
   call = handler.call,            -- call(h, req [, respond, raise])
   middleware = handler.middleware,
 }
+
+-- deadline() → seconds left before this request's deadline (its 504), or
+-- nil outside a request and once the response started.
+moonring.deadline = core.deadline
+
+-- http: the HTTP client, also require "moonring.http" (request, get, post;
+-- plain HTTP only). It needs only moonring.core, so loading it here is safe.
+moonring.http = require "moonring.http"
+
+-- budget(max [, share]) → a timeout for one dependency: `max` seconds, but
+-- never more than `share` (default 1) of what the request has left.
+function moonring.budget(max, share)
+  if type(max) ~= "number" or max < 0 then
+    error("moonring.budget: expected a number of seconds >= 0, got " .. tostring(max), 2)
+  end
+  if share ~= nil and (type(share) ~= "number" or share <= 0 or share > 1) then
+    error("moonring.budget: share must be a number in (0, 1], got " .. tostring(share), 2)
+  end
+  local left = core.deadline()
+  if left == nil then return max end
+  left = left * (share or 1)
+  return left < max and left or max
+end
 
 local Stream = {}
 Stream.__index = Stream
@@ -77,5 +110,17 @@ end
 function moonring.routes()
   return require("moonring.app").routes()
 end
+
+-- Submodules loaded on first use (moonring.jobs is require "moonring.jobs").
+local lazy = { jobs = "moonring.jobs" }
+setmetatable(moonring, {
+  __index = function(t, key)
+    local name = lazy[key]
+    if not name then return nil end
+    local m = require(name)
+    rawset(t, key, m)
+    return m
+  end,
+})
 
 return moonring
