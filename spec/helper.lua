@@ -868,4 +868,152 @@ function helper.count(text, needle)
   end
 end
 
+---------------------------------------------------------------------------
+-- Services: a real redis-server per spec
+---------------------------------------------------------------------------
+
+-- A loopback TCP port nothing listens on (the kernel's pick, released).
+function helper.free_port()
+  local s = assert(socket.bind(helper.host, 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+helper.redis_bin = "/usr/bin/redis-server"
+
+local live_redis = {}
+helper._redis_sentinel = setmetatable({}, {
+  __gc = function()
+    for r in pairs(live_redis) do os.execute("kill -KILL " .. r.pid .. " 2>/dev/null") end
+  end,
+})
+
+local Redis = {}
+Redis.__index = Redis
+
+-- One command over a fresh LuaSocket connection: the reply (status and bulk
+-- as strings, integers as numbers, arrays as tables, nil bulk as nil), or
+-- nil and the error text of an error reply. For specs to look at Redis
+-- directly, beside the server under test.
+function Redis:cmd(...)
+  local c = assert(connect(self.port, { connect_timeout = 2 }))
+  c:settimeout(5 * helper.slow)
+  local out = {}
+  local function encode(args)
+    out[#out + 1] = "*" .. args.n .. "\r\n"
+    for i = 1, args.n do
+      local s = tostring(args[i])
+      out[#out + 1] = "$" .. #s .. "\r\n" .. s .. "\r\n"
+    end
+  end
+  if self.password then encode(table.pack("AUTH", self.password)) end
+  encode(table.pack(...))
+  assert(send_all(c, table.concat(out)))
+  local function read()
+    local line = assert(c:receive("*l"))
+    local kind, rest = line:sub(1, 1), line:sub(2)
+    if kind == "+" then return rest
+    elseif kind == "-" then return nil, rest
+    elseif kind == ":" then return tonumber(rest)
+    elseif kind == "$" then
+      local n = tonumber(rest)
+      if n < 0 then return nil end
+      return assert(c:receive(n + 2)):sub(1, n)
+    elseif kind == "*" then
+      local arr = {}
+      for i = 1, tonumber(rest) do arr[i] = read() end
+      return arr
+    end
+    error("bad reply from redis: " .. line)
+  end
+  if self.password then assert(read()) end
+  local v, err = read()
+  c:close()
+  return v, err
+end
+
+function Redis:log_text()
+  return read_file(self.log_path) or ""
+end
+
+function Redis:running()
+  local st = read_file(self.status_path)
+  return not (st and st:match("^%d+\n$"))
+end
+
+-- Stops the server (SIGTERM, then SIGKILL after 5 s). r.stop() or r:stop().
+function Redis:stop_server()
+  if self.stopped then return end
+  self.stopped = true
+  live_redis[self] = nil
+  os.execute("kill -TERM " .. self.pid .. " 2>/dev/null")
+  local deadline = helper.now() + 5 * helper.slow
+  while self:running() and helper.now() < deadline do socket.sleep(0.01) end
+  if self:running() then os.execute("kill -KILL " .. self.pid .. " 2>/dev/null") end
+end
+
+local function spawn_redis(dir, port, args)
+  local r = setmetatable({
+    port = port, dir = dir, log_path = dir .. "/log",
+    pid_path = dir .. "/pid", status_path = dir .. "/status",
+  }, Redis)
+  local argv = { q(helper.redis_bin), "--port", tostring(port), "--bind", helper.host,
+                 "--save", "''", "--appendonly", "no", "--daemonize", "no", "--dir", q(dir) }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = q(a) end
+  assert(os.execute(string.format(
+    "{ %s >%s 2>&1 </dev/null & p=$!; echo $p >%s; wait $p; echo $? >%s.tmp; mv %s.tmp %s; } >/dev/null 2>&1 &",
+    table.concat(argv, " "), q(r.log_path), q(r.pid_path), q(r.status_path), q(r.status_path),
+    q(r.status_path))))
+  local deadline = helper.now() + 5 * helper.slow
+  repeat
+    local p = read_file(r.pid_path)
+    if p and p:match("^%d+\n$") then r.pid = tonumber(p) break end
+    socket.sleep(0.005)
+  until helper.now() > deadline
+  assert(r.pid, "redis-server did not start (no pid)")
+  live_redis[r] = true
+  r.stop = function() r:stop_server() end
+  return r
+end
+
+-- Waits until the server answers PING; true, or false once it exited.
+local function redis_ready(r)
+  local deadline = helper.now() + 10 * helper.slow
+  while helper.now() < deadline do
+    if not r:running() then return false end
+    local ok, v = pcall(r.cmd, r, "PING")
+    if ok and v == "PONG" then return true end
+    socket.sleep(0.02)
+  end
+  return false
+end
+
+-- Starts /usr/bin/redis-server on a free loopback port, in a temp dir, with
+-- no persistence, in the foreground of a background shell (as helper.start
+-- does), and waits until it answers PING. opts.args: extra arguments
+-- (e.g. { "--maxclients", "20" }); opts.password: started with
+-- --requirepass, which r:cmd then sends first. Returns { port =, pid =, stop = fn,
+-- cmd = fn(self, ...) }; stop it by pid with r.stop() in a finally/teardown.
+function helper.redis_start(opts)
+  opts = opts or {}
+  local f = io.open(helper.redis_bin, "rb")
+  assert(f, helper.redis_bin .. " is missing: run scripts/setup.sh (it installs Debian's redis-server)")
+  f:close()
+  local last_log
+  for _ = 1, 3 do              -- the free port may be taken before Redis binds it
+    local args = { table.unpack(opts.args or {}) }
+    if opts.password then
+      args[#args + 1] = "--requirepass"
+      args[#args + 1] = opts.password
+    end
+    local r = spawn_redis(new_dir("redis"), helper.free_port(), args)
+    r.password = opts.password
+    if redis_ready(r) then return r end
+    last_log = r:log_text()
+    r:stop()
+  end
+  error("redis-server did not start:\n" .. tostring(last_log), 2)
+end
+
 return helper
