@@ -1,0 +1,1 @@
+return require "svc._service" ("stocks", 0.8, { MOON = 42.0 })
