@@ -1,11 +1,24 @@
 // Node.js `http` peer for `make bench`: one process, the same app logic as
 // bench/app/*.lua and the nginx config (bench/node-cluster.js runs it in each
 // of its workers for the workers scenario). Usage: node bench/node-server.js PORT
-// Prints `listening on http://127.0.0.1:PORT` once bound.
+// Prints `listening on http://127.0.0.1:PORT` once bound. GET /proxy and GET
+// /redis use the bench's upstream nginx and redis-server on the ports in
+// BENCH_UPSTREAM_PORT and BENCH_REDIS_PORT (set by bench/run).
 'use strict';
 const http = require('http');
+const RespClient = require('./node-resp.js');
 
 const port = Number(process.argv[2] || 0);
+
+// GET /proxy: the upstream's GET /upstream, over at most 64 pooled
+// keep-alive connections (as nginx's `keepalive 64` and moonring's pool).
+const UPSTREAM_PORT = Number(process.env.BENCH_UPSTREAM_PORT) || 0;
+const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+
+// GET /redis: GET of REDIS_KEY on one pipelined connection (bench/node-resp.js).
+const REDIS_PORT = Number(process.env.BENCH_REDIS_PORT) || 0;
+const REDIS_KEY = 'bench:key';
+const redis = REDIS_PORT ? new RespClient(REDIS_PORT, '127.0.0.1') : null;
 
 // GET /stream: one precomputed 64 KiB chunk, as in bench/app/stream.lua.
 const CHUNK = Buffer.from('0123456789abcdef'.repeat(4096));
@@ -38,6 +51,25 @@ const server = http.createServer((req, res) => {
       `<html><body><p>Hello, World!</p><p>PATH=${path}</p><p>RESULT: ${a}*${b}=${Math.floor(a * b)}</p></body></html>\n`);
   } else if (path === '/sleep') {
     setTimeout(() => send(res, 200, 'text/plain', 'slept 100 ms\n'), 100);
+  } else if (path === '/proxy') {
+    // Relay the upstream's status, content type and body.
+    if (!UPSTREAM_PORT) return send(res, 500, 'text/plain', 'BENCH_UPSTREAM_PORT is not set\n');
+    const up = http.request({ host: '127.0.0.1', port: UPSTREAM_PORT, path: '/upstream', agent }, (ur) => {
+      const parts = [];
+      ur.on('data', (d) => parts.push(d));
+      ur.on('end', () => send(res, ur.statusCode, ur.headers['content-type'] || 'application/octet-stream',
+        Buffer.concat(parts)));
+      ur.on('error', fail);
+    });
+    // An error before or during the upstream's answer: 502, once.
+    function fail(e) { if (!res.headersSent) send(res, 502, 'text/plain', `upstream: ${e.message}\n`); }
+    up.on('error', fail);
+    up.end();
+  } else if (path === '/redis') {
+    if (!redis) return send(res, 500, 'text/plain', 'BENCH_REDIS_PORT is not set\n');
+    redis.command(['GET', REDIS_KEY]).then(
+      (v) => (v === null ? send(res, 404, 'text/plain', 'no such key\n') : send(res, 200, 'text/plain', v)),
+      (e) => send(res, 502, 'text/plain', `redis: ${e.message}\n`));
   } else if (path === '/stream') {
     // ?mib=N (default 1024) MiB in 64 KiB chunks; a write that fills the
     // socket's buffer waits for 'drain' (backpressure), as moonring's out:write.
