@@ -71,7 +71,10 @@ static int fetch_read(lua_State *L, mr_socket *s, mr_resparse *r, uint64_t flags
       }
       if (!(k->flags & L_READING)) link_read_start(k);   /* it had paused, full */
     }
-    if (max_body && r->body.len > (size_t)max_body) return failed(L, k, "body over max_body", flags);
+    if (max_body && (r->body.len > (size_t)max_body ||
+                     (r->state >= 1 && r->has_length && !r->head_request &&
+                      r->length > (uint64_t)max_body)))
+      return failed(L, k, "body over max_body", flags);   /* at once when the head says so */
     if (until_head ? r->state >= 1 : r->state == 2) {
       k->flags &= ~L_RTIMEDOUT;              /* a timer that fired as the data came: moot */
       resparse_push_head(L, r);

@@ -83,6 +83,8 @@ static int on_headers_complete(llhttp_t *p) {
     return 0;
   }
   r->state = 1;
+  r->has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+  r->length = p->content_length;             /* llhttp counts it down from here */
   /* 1: no body (a response to HEAD), as llhttp documents */
   return r->head_request ? 1 : 0;
 }

@@ -15,6 +15,8 @@ typedef struct mr_resparse {
   int state;                    /* 0 head, 1 head complete, 2 message complete */
   int interim;                  /* the head was a 1xx: skipped, the real one follows */
   unsigned nhdr;                /* header lines kept */
+  int has_length;               /* the head announced a Content-Length ... */
+  uint64_t length;              /* ... of this many bytes */
   size_t head_bytes;
   size_t extra;                 /* bytes fed after the message ended */
   mr_buf hdrs;                  /* "name\0value\0" ... */

@@ -450,7 +450,10 @@ local function attempt(rq, url)
     sock:close()
     return nil, "timeout"
   end
-  local status, headers, rbody, keep = fetch(sock, p, data, rq.stream, ms(left), rq.max_body or 0)
+  -- the head only when the body may not be wanted (streamed, or a redirect
+  -- to follow): response() or discard() reads it
+  local head_only = rq.stream or rq.redirects > 0
+  local status, headers, rbody, keep = fetch(sock, p, data, head_only, ms(left), rq.max_body or 0)
   if not status then                         -- nil, err, nothing arrived
     sock:close()
     return nil, headers, reused and rbody and headers ~= "timeout"
@@ -484,6 +487,15 @@ local function nothing_to_close() end
 
 local function response(c)
   if not c.rq.stream then                    -- fetch read it all (and kept max_body)
+    if c.body == nil then                    -- or only the head: the body now
+      local left, status, err, body, keep = time_left(c.rq), nil, "timeout", nil, nil
+      if left > 0 then status, err, body, keep = fetch(c.sock, c.p, nil, false, ms(left), c.rq.max_body or 0) end
+      if not status then
+        c.sock:close()
+        return nil, err
+      end
+      c.body, c.keep = body, keep
+    end
     local body = c.body
     release(c)
     give_parser(c.p)
