@@ -31,7 +31,6 @@ typedef struct dns_entry {
 } dns_entry;
 
 static dns_entry *cache;        /* most recently stored first */
-static unsigned ncache;
 static uint64_t ttl_default = 30000;
 
 uint64_t dns_default_ttl(void) { return ttl_default; }
@@ -51,7 +50,6 @@ static void cache_put(const char *name, const struct sockaddr_storage *addrs, in
     if (strcmp(e->name, name) == 0 || ++i >= CACHE_MAX) {
       *pp = e->next;
       free(e);
-      ncache--;
       continue;
     }
     pp = &e->next;
@@ -65,7 +63,6 @@ static void cache_put(const char *name, const struct sockaddr_storage *addrs, in
   e->expires = uv_now(mr_srv.loop) + ttl;
   e->next = cache;
   cache = e;
-  ncache++;
 }
 
 /* IPv4 answers, then IPv6, at most LINK_ADDRS. */
@@ -132,7 +129,6 @@ void dns_free_all(void) {
     cache = e->next;
     free(e);
   }
-  ncache = 0;
 }
 
 /* ---- moonring.resolve ------------------------------------------------- */

@@ -25,10 +25,9 @@ enum {
   L_CLOSING   = 1 << 3,         /* handles closing; freed when all closed */
   L_RTIMEDOUT = 1 << 4,         /* the read (or connect) timer fired */
   L_WTIMEDOUT = 1 << 5,         /* the send timer fired */
-  L_WDONE     = 1 << 6,         /* the write in flight completed (status in werr) */
-  L_CDONE     = 1 << 7,         /* the connect completed (status in cerr) */
-  L_RESOLVED  = 1 << 8,         /* the name lookup completed (status in cerr) */
-  L_PIPE      = 1 << 9,         /* a unix socket (h.pipe), else TCP (h.tcp) */
+  L_CDONE     = 1 << 6,         /* the connect completed (status in cerr) */
+  L_RESOLVED  = 1 << 7,         /* the name lookup completed (status in cerr) */
+  L_PIPE      = 1 << 8,         /* a unix socket (h.pipe), else TCP (h.tcp) */
 };
 
 /* What a parked receive waits for; kept in the link while it waits. The

@@ -390,7 +390,6 @@ static void write_cb(uv_write_t *req, int status) {
   if (k->flags & L_CLOSING) return;
   uv_timer_stop(&k->wtimer);
   k->werr = status;
-  k->flags |= L_WDONE;
   mr_task *t = k->writer;
   k->writer = NULL;
   if (t) task_wake(t, 0);
@@ -426,7 +425,6 @@ int link_send(mr_link *k, const char *p, size_t len, char *block) {
   }
   k->wcopy = block;
   k->wreq.data = k;
-  k->flags &= ~L_WDONE;
   k->werr = 0;
   int rc = uv_write(&k->wreq, &k->h.stream, &buf, 1, write_cb);
   if (rc < 0) {
@@ -443,7 +441,6 @@ int link_send_done(mr_link *k) {
     link_close(k);                           /* the write in flight cannot be taken back */
     return UV_ETIMEDOUT;
   }
-  k->flags &= ~L_WDONE;
   int err = k->werr;
   if (err) link_close(k);
   return err;

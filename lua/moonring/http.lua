@@ -323,9 +323,10 @@ local function ms(s)
   return n > 1 and n or 1
 end
 
--- Sets sock's timeouts for its next operation; false once no time is left.
-local function arm(sock, rq)
-  local left = time_left(rq)
+-- Sets sock's timeouts for its next operation (`left`: the call's time left,
+-- if the caller has it); false once no time is left.
+local function arm(sock, rq, left)
+  left = left or time_left(rq)
   if left <= 0 then return false end
   local c, r = rq.connect_timeout, rq.read_timeout
   r = ms(r < left and r or left)
@@ -419,10 +420,7 @@ end
 local function attempt(rq, url)
   local sock = core.tcp()
   local left = time_left(rq)
-  if left <= 0 then return nil, "timeout" end
-  local c_ms, r_ms = rq.connect_timeout, rq.read_timeout
-  r_ms = ms(r_ms < left and r_ms or left)
-  sock:settimeouts(ms(c_ms < left and c_ms or left), r_ms, r_ms)
+  if not arm(sock, rq, left) then return nil, "timeout" end
   local ok, err = sock:connect(url.host, url.port)
   if not ok then return nil, err end
   local reused = err ~= nil                  -- connect's second value: taken from the pool
