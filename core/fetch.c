@@ -20,10 +20,12 @@
 #include "resparse.h"
 
 /* The continuation's stack: 1 sock, 2 parser, 3 data, 4 until_head,
- * 5 total_ms, 6 max_body, 7 the absolute deadline (loop ms, 0: none).
- * Its context: the socket's epoch (low 32 bits) and these flags. */
+ * 5 total_ms, 6 max_body, 7 the absolute deadline (loop ms, 0: none);
+ * http_pooled adds 8 idle_ms and 9 pool_size. Its context: the socket's
+ * epoch (low 32 bits) and these flags. */
 #define F_WRITING  (1ull << 32)
 #define F_GOT_ANY  (1ull << 33)
+#define F_POOL     (1ull << 34)           /* http_pooled: the connection goes back itself */
 
 static int failed(lua_State *L, mr_link *k, const char *err, uint64_t flags) {
   if (k) link_close(k);
@@ -81,7 +83,12 @@ static int fetch_read(lua_State *L, mr_socket *s, mr_resparse *r, uint64_t flags
       if (until_head) return 2;
       lua_pushlstring(L, r->body.data ? r->body.data : "", r->body.len);
       r->body.len = 0;
-      lua_pushboolean(L, !r->extra && llhttp_should_keep_alive(&r->p));
+      int keep = !r->extra && llhttp_should_keep_alive(&r->p) && r->p.status_code != 101;
+      lua_pushboolean(L, keep);
+      if (flags & F_POOL) {
+        if (!keep || !socket_pool(k, (uint64_t)lua_tointeger(L, 8), (unsigned)lua_tointeger(L, 9)))
+          link_close(k);
+      }
       return 4;
     }
     if (k->flags & L_RTIMEDOUT) {
@@ -124,20 +131,17 @@ static int fetch_k(lua_State *L, int status, lua_KContext ctx) {
   return fetch_read(L, s, resparse_check(L, 2), flags);
 }
 
-static int l_http_fetch(lua_State *L) {
-  mr_socket *s = sock_check(L);
-  mr_resparse *r = resparse_check(L, 2);
-  size_t len = 0;
-  const char *data = luaL_optlstring(L, 3, NULL, &len);
-  lua_Integer total = luaL_optinteger(L, 5, 0);
-  luaL_optinteger(L, 6, 0);
-  lua_settop(L, 6);
+/* Writes data (if any) and reads the response, the stack set up as the
+ * continuation expects it. */
+static int fetch_start(lua_State *L, mr_socket *s, mr_resparse *r, const char *data, size_t len,
+                       lua_Integer total, uint64_t flags) {
   uint64_t deadline = 0;
   if (total > 0) {
     uv_update_time(mr_srv.loop);
     deadline = uv_now(mr_srv.loop) + (uint64_t)total;
   }
-  lua_pushinteger(L, (lua_Integer)deadline);  /* 7 */
+  lua_pushinteger(L, (lua_Integer)deadline);
+  lua_replace(L, 7);
   mr_link *k = s->link;
   if (!k || !(k->flags & L_CONNECTED)) return failed(L, NULL, "closed", 0);
   if (k->reader || k->writer || k->wcopy) return failed(L, NULL, "socket busy", F_GOT_ANY);
@@ -155,13 +159,63 @@ static int l_http_fetch(lua_State *L) {
       if (expired) ms = 1;                   /* the timer fails it at once */
       sock_arm(&k->wtimer, ms, link_wtimer_cb);
       return task_park(L, t, WAIT_SOCKET, link_wait_cancel, k, fetch_k,
-                       (lua_KContext)(F_WRITING | s->epoch));
+                       (lua_KContext)(flags | F_WRITING | s->epoch));
     }
   }
-  return fetch_read(L, s, r, 0);
+  return fetch_read(L, s, r, flags);
+}
+
+static int l_http_fetch(lua_State *L) {
+  mr_socket *s = sock_check(L);
+  mr_resparse *r = resparse_check(L, 2);
+  size_t len = 0;
+  const char *data = luaL_optlstring(L, 3, NULL, &len);
+  lua_Integer total = luaL_optinteger(L, 5, 0);
+  luaL_optinteger(L, 6, 0);
+  lua_settop(L, 7);
+  return fetch_start(L, s, r, data, len, total, 0);
+}
+
+/* core.http_pooled(key, parser, data, total_ms, read_ms, max_body, idle_ms,
+ * pool_size): http_fetch on the pooled connection for `key` (host:port),
+ * which goes back to the pool by itself once the response allows it:
+ * status, headers, body, keepalive; nil, err, retryable; or false when the
+ * pool has no connection for key (then nothing was sent). One C call for
+ * the HTTP client's common case: a buffered request to a host it already
+ * talked to. */
+static int l_http_pooled(lua_State *L) {
+  const char *key = luaL_checkstring(L, 1);
+  mr_resparse *r = resparse_check(L, 2);
+  size_t len;
+  const char *data = luaL_checklstring(L, 3, &len);
+  lua_Integer total = luaL_checkinteger(L, 4), read_ms = luaL_checkinteger(L, 5);
+  lua_Integer max_body = luaL_checkinteger(L, 6), idle = luaL_checkinteger(L, 7);
+  lua_Integer size = luaL_checkinteger(L, 8);
+  luaL_argcheck(L, read_ms >= 0 && read_ms <= (lua_Integer)UINT32_MAX, 5, "expected milliseconds");
+  luaL_argcheck(L, idle >= 0 && size > 0 && size <= 1 << 20, 7, "expected an idle time and a pool size");
+  task_check(L, "http_pooled");
+  task_check_yieldable(L, "http_pooled");
+  lua_settop(L, 8);
+  mr_socket *s = socket_take_pooled(L, key, (uint32_t)read_ms);
+  if (!s) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_replace(L, 1);                         /* the stack of http_fetch, and 8, 9 */
+  lua_pushboolean(L, 0);
+  lua_replace(L, 4);
+  lua_pushinteger(L, total);
+  lua_replace(L, 5);
+  lua_pushinteger(L, max_body);
+  lua_replace(L, 6);
+  lua_pushinteger(L, idle);
+  lua_replace(L, 8);
+  lua_pushinteger(L, size);
+  return fetch_start(L, s, r, data, len, total, F_POOL);
 }
 
 const luaL_Reg fetch_funcs[] = {
   {"http_fetch", l_http_fetch},
+  {"http_pooled", l_http_pooled},
   {NULL, NULL},
 };

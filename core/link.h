@@ -125,6 +125,14 @@ static inline void sock_arm(uv_timer_t *tm, uint32_t ms, uv_timer_cb cb) {
 void link_close(mr_link *k);
 /* A task waiting on k was cancelled: the connection is closed. */
 void link_wait_cancel(mr_task *t);
+/* k (attached to a socket) back to the pool: 1, or 0 when it was not fit
+ * to keep (not connected, busy, unread input, closed by the peer) and was
+ * closed instead. */
+int socket_pool(mr_link *k, uint64_t idle_ms, unsigned size);
+/* A new socket (pushed on L) on the pooled connection for `key`, owned by
+ * the calling task's request, every timeout `ms`; NULL (nothing pushed)
+ * when the pool has none. */
+mr_socket *socket_take_pooled(lua_State *L, const char *key, uint32_t ms);
 
 /* sockio.c */
 void link_read_start(mr_link *k);

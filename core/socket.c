@@ -311,14 +311,33 @@ static int l_setkeepalive(lua_State *L) {
   if (!k || !(k->flags & L_CONNECTED)) return sock_fail(L, "closed");
   if (k->reader || k->writer || k->wcopy) return sock_fail(L, "socket busy");
   if (k->in.len != k->in_off) return sock_fail(L, "unread data in buffer");
-  if (k->flags & L_EOF || k->rerr) {
-    link_close(k);
-    return sock_fail(L, "closed");
-  }
-  detach(k);
-  keepalive_put(k, (uint64_t)idle, (unsigned)size);
+  if (!socket_pool(k, (uint64_t)idle, (unsigned)size)) return sock_fail(L, "closed");
   lua_pushinteger(L, 1);
   return 1;
+}
+
+int socket_pool(mr_link *k, uint64_t idle_ms, unsigned size) {
+  if (!(k->flags & L_CONNECTED) || k->reader || k->writer || k->wcopy ||
+      k->in.len != k->in_off || (k->flags & L_EOF) || k->rerr) {
+    link_close(k);
+    return 0;
+  }
+  detach(k);
+  keepalive_put(k, idle_ms, size);
+  return 1;
+}
+
+mr_socket *socket_take_pooled(lua_State *L, const char *key, uint32_t ms) {
+  mr_task *t = task_current(L);
+  mr_link *k = keepalive_take(key);
+  if (!k) return NULL;
+  mr_socket *s = lua_newuserdatauv(L, sizeof *s, 0);
+  *s = (mr_socket){.ct = ms, .st = ms, .rt = ms};
+  lua_rawgeti(L, LUA_REGISTRYINDEX, socket_mt_ref);
+  lua_setmetatable(L, -2);
+  k->reused++;
+  attach(s, k, t ? t->req : NULL);
+  return s;
 }
 
 static int l_close(lua_State *L) {

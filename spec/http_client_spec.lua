@@ -196,6 +196,28 @@ local APP = {
   for i = 1, 5 do conns[i] = tasks[i]:join() end
   return conns
 ]],
+  ["client.lua"] = scenario [[
+  local c = http.client{ url = U.raw .. "/", pool_size = 4, timeout = 5 }
+  local out = {}
+  for i = 1, 3 do out[i] = c:get("/cl").body end
+  out.default = http.client{ url = U.raw .. "/cl" }:request().body   -- the base URL itself
+  out.post = c:post("/cl", "x").body
+  out.extra = c:get("/cl", { headers = { ["x-a"] = "1" } }).body
+  local up = http.client{ url = U.up }
+  local e = up:request{ method = "PUT", url = U.up .. "/echo", body = "put!" }
+  out.put = e.body
+  out.missing, out.missing_err = http.client{ url = "http://127.0.0.1:" .. U.free_port }:get("/x")
+  out.stale_first = c:get("/once").body
+  out.stale_second, out.stale_err = c:get("/cl")
+  out.stale_second = out.stale_second and out.stale_second.body
+  local ok, err = pcall(http.client, { url = "https://example.com" })
+  out.https = err
+  ok, err = pcall(http.client, { url = U.up, timeout = -1 })
+  out.bad_timeout = err
+  ok, err = pcall(c.get, c, "no-slash")
+  out.bad_path = err
+  return out
+]],
   ["stale.lua"] = scenario [[
   local first = http.get(U.raw .. "/once").body
   local second, err = http.get(U.raw .. "/cl")
@@ -490,6 +512,30 @@ describe("moonring.http", function()
       open = select(2, raw_stats(raw))
       return open == 3
     end), "open connections: " .. tostring(open))
+  end)
+
+  it("prepares a client for one upstream: pooled calls by path, options added per call", function()
+    local before = raw_stats(raw)
+    local r = run("/client")
+    local after = raw_stats(raw)
+    local id = conn_of(r[1])
+    assert.is_truthy(id)
+    assert.are.equal(id, conn_of(r[2]))              -- one connection, reused
+    assert.are.equal(id, conn_of(r[3]))
+    assert.are.equal(id, conn_of(r.default))
+    assert.are.equal(id, conn_of(r.post))
+    assert.are.equal(id, conn_of(r.extra))
+    assert.truthy(r.put:find('["method"]="PUT"', 1, true), r.put)
+    assert.truthy(r.put:find('["body"]="put!"', 1, true), r.put)
+    assert.is_nil(r.missing)
+    assert.are.equal("connection refused", r.missing_err)
+    assert.is_truthy(conn_of(r.stale_first))         -- a pooled connection the upstream closed:
+    assert.is_nil(r.stale_err)                       -- the GET goes again on another one
+    assert.are_not.equal(conn_of(r.stale_first), conn_of(r.stale_second))
+    assert.matches("https is not supported", r.https)
+    assert.matches("timeout must be a number of seconds > 0", r.bad_timeout)
+    assert.matches("path must be a string starting with /", r.bad_path)
+    assert.is_true(after - before <= 3, "accepted " .. before .. " -> " .. after)
   end)
 
   it("retries an idempotent request once when a pooled connection turns out closed", function()

@@ -79,6 +79,7 @@ local function parse_url(url)
   if path == "" then path = "/" end
   return {
     host = connect_host, port = port,
+    key = connect_host .. ":" .. port,   -- the keep-alive pool's (as sock:connect names it)
     authority = port == 80 and host or host .. ":" .. port,
     path = encode_target(path), query = encode_target(query),
   }
@@ -242,7 +243,7 @@ local function check_options(opts, level)
     keepalive = opts.keepalive ~= false,
     pool_size = http.DEFAULT_POOL_SIZE,
     max_body = not stream and http.DEFAULT_MAX_BODY or nil,
-    close_after = false, deadline = false,   -- set below (sized here)
+    close_after = false, deadline = false, pooled = false,   -- set below (sized here)
   }
   if opts.headers ~= nil then rq.headers = check_headers(opts.headers, level + 1) end
   if opts.connect_timeout ~= nil then
@@ -254,6 +255,9 @@ local function check_options(opts, level)
   if opts.max_body ~= nil then rq.max_body = check_count(opts, "max_body", nil, 0, level + 1) end
   rq.close_after = not rq.keepalive or (rq.headers ~= NO_HEADERS and
     ((has_header(rq, "connection") or ""):lower():find("close", 1, true) ~= nil))
+  -- the common case, one C call on a pooled connection (pooled() below)
+  rq.pooled = not stream and rq.redirects == 0 and not rq.close_after
+    and (rq.body == nil or #rq.body < SEND_TOGETHER)
   return rq
 end
 
@@ -390,7 +394,7 @@ local function next_piece(c)
   end
 end
 
-local fetch = core.http_fetch
+local fetch, http_pooled = core.http_fetch, core.http_pooled
 
 -- Response parsers, reused once a buffered response was taken out of one.
 local PARSERS_MAX = 64
@@ -477,11 +481,38 @@ local function exchange(rq, url)
   return c, err
 end
 
+local function nothing_to_close() end
+
+-- The whole exchange in one C call (core/fetch.c) when the pool has a
+-- connection to url's host: sent, read, and the connection back in the
+-- pool (or closed), with no socket object or state table made here.
+-- `left`: the seconds the call may take. → the response; nil, err; or
+-- false when there is no pooled connection, or it proved dead before any
+-- response byte (then exchange() goes on).
+local function pooled(rq, url, left)
+  if left <= 0 then return nil, "timeout" end
+  local p = take_parser(rq.method == "HEAD")
+  local data = build_head(rq, url)
+  if rq.body then data = data .. rq.body end
+  local r = rq.read_timeout
+  local status, headers, body = http_pooled(url.key, p, data, ms(left), ms(r < left and r or left),
+    rq.max_body or 0, http.KEEPALIVE_IDLE * 1000, rq.pool_size)
+  if status then
+    give_parser(p)
+    if status == 101 then
+      return nil, "bad response: 101 Switching Protocols (upgrades are not supported)"
+    end
+    return { status = status, headers = headers, body = body, close = nothing_to_close }
+  end
+  if status == nil and not (body and headers ~= "timeout" and IDEMPOTENT[rq.method]) then
+    return nil, headers
+  end
+  return false
+end
+
 ---------------------------------------------------------------------------
 -- Responses and redirects
 ---------------------------------------------------------------------------
-
-local function nothing_to_close() end
 
 local function response(c)
   if not c.rq.stream then                    -- fetch read it all (and kept max_body)
@@ -569,6 +600,10 @@ local function request(opts, level)
   end
   if not url then return nil, err end
   rq.deadline = clock() + rq.timeout
+  if rq.pooled then
+    local res, perr = pooled(rq, url, time_left(rq))
+    if res ~= false then return res, perr end
+  end
   for hop = 0, rq.redirects do
     local c
     c, err = exchange(rq, url)
@@ -611,6 +646,80 @@ end
 -- post(url, body [, opts]) → request{ method = "POST", url = url, body = body, ... }
 function http.post(url, body, opts)
   local res, err = request(with(opts, "POST", url, body, 2), 2)
+  return res, err
+end
+
+---------------------------------------------------------------------------
+-- Clients: one upstream's options, checked once
+---------------------------------------------------------------------------
+
+local Client = {}
+Client.__index = Client
+
+-- client{ url = base, ...request options } → a client for one upstream:
+-- its options are checked (misuse raises here) and its URL parsed once, so
+-- each call does only the exchange. client:get(path [, opts]),
+-- client:post(path, body [, opts]), client:request([opts]): path is
+-- appended to the base URL; opts (if any) are added to the client's.
+function http.client(opts)
+  local rq = check_options(opts, 2)
+  local base = opts.url:gsub("/+$", "")
+  local url, err = parse_url(base)
+  if not url then misuse(err == "userinfo" and "credentials in the url (user@host) are not supported" or err, 2) end
+  local own = {}
+  for k, v in pairs(opts) do own[k] = v end
+  return setmetatable({ opts = own, base = base, rq = rq, url = url, paths = {}, npaths = 0 }, Client)
+end
+
+-- A call through client c: the prepared request when nothing is added to
+-- it and the pool has a connection, else request{} with the merged options.
+local function client_call(c, level, path, method, body, extra)
+  if path ~= nil and (type(path) ~= "string" or path:sub(1, 1) ~= "/") then
+    misuse("the path must be a string starting with /, got " .. tostring(path), level + 1)
+  end
+  local rq = c.rq
+  if extra == nil and body == nil and rq.pooled and (method == nil or method == rq.method) then
+    local url = c.url
+    if path then                             -- its URL, kept by path (emptied when full)
+      url = c.paths[path]
+      if not url then
+        local err
+        url, err = parse_url_cached(c.base .. path)
+        if not url then return nil, err end
+        if c.npaths >= URL_CACHE_MAX then c.paths, c.npaths = {}, 0 end
+        c.paths[path], c.npaths = url, c.npaths + 1
+      end
+    end
+    local left = rq.timeout
+    local r = request_left()
+    if r and r < left then left = r end
+    local res, err = pooled(rq, url, left)
+    if res ~= false then return res, err end
+  end
+  if extra ~= nil and type(extra) ~= "table" then
+    misuse("expected an options table, got " .. type(extra), level + 1)
+  end
+  local o = {}
+  for k, v in pairs(c.opts) do o[k] = v end
+  if extra then for k, v in pairs(extra) do o[k] = v end end
+  o.url = path and c.base .. path or (extra and extra.url) or c.opts.url
+  if method then o.method = method end
+  if body ~= nil then o.body = body end
+  return request(o, level + 1)
+end
+
+function Client:request(opts)
+  local res, err = client_call(self, 2, nil, nil, nil, opts)
+  return res, err
+end
+
+function Client:get(path, opts)
+  local res, err = client_call(self, 2, path, "GET", nil, opts)
+  return res, err
+end
+
+function Client:post(path, body, opts)
+  local res, err = client_call(self, 2, path, "POST", body, opts)
   return res, err
 end
 
