@@ -5,6 +5,7 @@
 // /redis use the bench's upstream nginx and redis-server on the ports in
 // BENCH_UPSTREAM_PORT and BENCH_REDIS_PORT (set by bench/run).
 'use strict';
+const fs = require('fs');
 const http = require('http');
 const RespClient = require('./node-resp.js');
 
@@ -19,6 +20,10 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 const REDIS_PORT = Number(process.env.BENCH_REDIS_PORT) || 0;
 const REDIS_KEY = 'bench:key';
 const redis = REDIS_PORT ? new RespClient(REDIS_PORT, '127.0.0.1') : null;
+
+// GET /static/NAME: files of BENCH_STATIC_DIR (set by bench/run), streamed
+// with fs.createReadStream.
+const STATIC_DIR = process.env.BENCH_STATIC_DIR || '';
 
 // GET /stream: one precomputed 64 KiB chunk, as in bench/app/stream.lua.
 const CHUNK = Buffer.from('0123456789abcdef'.repeat(4096));
@@ -65,6 +70,13 @@ const server = http.createServer((req, res) => {
     function fail(e) { if (!res.headersSent) send(res, 502, 'text/plain', `upstream: ${e.message}\n`); }
     up.on('error', fail);
     up.end();
+  } else if (path.startsWith('/static/') && STATIC_DIR && /^[\w.-]+$/.test(path.slice(8))) {
+    const file = STATIC_DIR + '/' + path.slice(8);
+    fs.stat(file, (err, st) => {
+      if (err || !st.isFile()) return send(res, 404, 'text/plain', 'Not Found\n');
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': st.size });
+      fs.createReadStream(file).pipe(res);
+    });
   } else if (path === '/redis') {
     if (!redis) return send(res, 500, 'text/plain', 'BENCH_REDIS_PORT is not set\n');
     redis.command(['GET', REDIS_KEY]).then(

@@ -7,6 +7,8 @@
  * The connection (allocated with the layer above's state around it) is freed
  * in its socket's close callback, after on_close let go of it. */
 #include "conn.h"
+#include <errno.h>
+#include <sys/sendfile.h>
 #include <netinet/in.h>
 #include <malloc.h>
 #include <netinet/tcp.h>
@@ -267,6 +269,31 @@ int conn_write_kept(mr_conn *c, const uv_buf_t *bufs, unsigned n, unsigned first
   /* Output the client takes none of for --idle-timeout ends the connection. */
   arm_send(c);
   return 0;
+}
+
+/* sendfile(2) from `fd` at *off, at most len bytes, straight to the socket:
+ * only when everything queued before has reached the kernel (the order of
+ * the bytes is kept). Returns the bytes sent (*off advanced), UV_EAGAIN
+ * when the socket or the queue is full (nothing sent), or another uv error
+ * (the connection is then closing). */
+ssize_t conn_sendfile(mr_conn *c, int fd, int64_t *off, size_t len) {
+  if (c->flags & (CONN_CLOSING | CONN_SHUTDOWN)) return UV_EPIPE;
+  if (c->tcp.write_queue_size) return UV_EAGAIN;
+  uv_os_fd_t sock;
+  int rc = uv_fileno((uv_handle_t *)&c->tcp, &sock);
+  if (rc < 0) return rc;
+  off_t o = (off_t)*off;
+  ssize_t n;
+  do n = sendfile(sock, fd, &o, len); while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return UV_EAGAIN;
+    rc = -errno;
+    conn_close(c, CONN_CLOSE_RESET);
+    return rc;
+  }
+  *off = (int64_t)o;
+  c->queued_bytes += (uint64_t)n;   /* sent already: the send timeout sees progress */
+  return n;
 }
 
 int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n) {

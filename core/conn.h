@@ -61,6 +61,10 @@ int conn_write(mr_conn *c, const uv_buf_t *bufs, unsigned n);
 typedef void (*mr_release_fn)(void *arg, size_t bytes);
 int conn_write_kept(mr_conn *c, const uv_buf_t *bufs, unsigned n, unsigned first_kept,
                     mr_release_fn release, void *arg);
+/* sendfile(2) from fd at *off (at most len bytes) once nothing queued
+ * waits: the bytes sent, UV_EAGAIN (socket or queue full: nothing sent), or
+ * another uv error (the connection is then closing). */
+ssize_t conn_sendfile(mr_conn *c, int fd, int64_t *off, size_t len);
 /* Bytes handed to conn_write that this connection still holds: queued for
  * the socket, or written but not yet released by libuv's write callback
  * (which runs on a later loop iteration). What backpressure must bound. */

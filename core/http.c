@@ -114,6 +114,11 @@ int http_write_kept(mr_exchange *ex, const uv_buf_t *bufs, unsigned n, unsigned 
   return conn_write_kept(&ex->http->conn, bufs, n, first_kept, release, arg);
 }
 
+ssize_t http_sendfile(mr_exchange *ex, int fd, int64_t *off, size_t len) {
+  if (!ex->http) return UV_EPIPE;
+  return conn_sendfile(&ex->http->conn, fd, off, len);
+}
+
 size_t http_queued(const mr_exchange *ex) {
   return ex->http ? conn_queued(&ex->http->conn) : 0;
 }

@@ -110,6 +110,9 @@ int http_write(mr_exchange *ex, const uv_buf_t *bufs, unsigned n);
 int http_write_kept(mr_exchange *ex, const uv_buf_t *bufs, unsigned n, unsigned first_kept,
                     mr_release_fn release, void *arg);
 size_t http_queued(const mr_exchange *ex);
+/* conn_sendfile for the exchange's connection (UV_EPIPE once it is gone). */
+ssize_t http_sendfile(mr_exchange *ex, int fd, int64_t *off, size_t len);
+
 /* The response head is queued: the request deadline no longer applies. */
 void http_head_sent(mr_exchange *ex, int status);
 /* A handler whose response started waits for body bytes: they must come

@@ -94,6 +94,7 @@ static int luaopen_moonring_core(lua_State *L) {
   luaL_setfuncs(L, dns_funcs, 0);
   luaL_setfuncs(L, resparse_funcs, 0);
   luaL_setfuncs(L, fetch_funcs, 0);
+  luaL_setfuncs(L, file_funcs, 0);
   lua_pushliteral(L, MOONRING_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushboolean(L, mr_srv.cfg.dev);
@@ -166,6 +167,7 @@ static int load_all(lua_State *L) {
   thread_open(L);
   socket_open(L);
   resparse_open(L);
+  file_open(L);
   coro_open(L);
 
   /* serve(app) → the function each request's main task runs with its

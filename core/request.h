@@ -89,6 +89,21 @@ extern const luaL_Reg stream_funcs[];
 void stream_open(lua_State *L);
 void stream_drained(mr_request *r);       /* output dropped below the low-water mark */
 void stream_wake_all(mr_request *r);     /* the request ended: writers see "closed" */
+lua_Integer stream_out_handle(lua_State *L, int idx);   /* the request handle of a writer */
+/* Parks the current task until r's output drains (as a full write does). */
+int stream_park_drain(lua_State *L, mr_request *r, lua_KFunction k, lua_KContext ctx);
+
+/* file.c: the file body kind (moonring.file) and static roots (core.dir). */
+typedef struct mr_file mr_file;
+extern const luaL_Reg file_funcs[];
+void file_open(lua_State *L);
+mr_file *file_test(lua_State *L, int idx);   /* the file at idx, or NULL */
+int64_t file_body_length(const mr_file *f);  /* bytes it will send; -1: sent or closed */
+void file_close(mr_file *f);
+/* Sends what the socket takes now: 1 all sent, 0 the socket is full, 2 this
+ * turn wrote enough, -1 the client is gone. */
+int file_send_now(mr_exchange *ex, mr_file *f);
+void file_push_pump(lua_State *L);       /* the body method that sends the rest */
 
 /* spawn.c */
 extern const luaL_Reg spawn_funcs[];

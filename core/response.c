@@ -128,6 +128,22 @@ static int push_body_method(lua_State *L, int idx) {
   return 0;
 }
 
+/* The head, then the file: what the socket takes now, and the rest from
+ * the request's task (serve calls the pump as a body method). */
+static int send_file(lua_State *L, mr_exchange *ex, mr_buf *head, mr_file *file) {
+  uv_buf_t b = uv_buf_init(head->data, (unsigned)head->len);
+  http_write(ex, &b, 1);
+  int rc = ex->http ? file_send_now(ex, file) : -1;
+  if (rc == 1) ex->flags |= EX_RESP_DONE;
+  if (rc == 1 || rc == -1) {
+    file_close(file);
+    return 0;
+  }
+  lua_pushvalue(L, 5);
+  file_push_pump(L);
+  return 2;
+}
+
 /* send(handle, response) → nothing when the response is complete; the body
  * when it is an iterator function; the body and its __moonring_body method
  * when it is a custom kind. */
@@ -170,8 +186,13 @@ int response_send(lua_State *L) {
   size_t blen = 0;
   lua_Integer nparts = 0;
   int method = 0;                           /* a custom kind: its method at 6 */
+  mr_file *file = NULL;                     /* moonring.file: its length is known */
   if (kind == LUA_TTABLE || kind == LUA_TUSERDATA) method = push_body_method(L, 5);
-  if (kind == LUA_TSTRING) {
+  if (kind == LUA_TUSERDATA && !method && (file = file_test(L, 5))) {
+    int64_t flen = file_body_length(file);
+    if (flen < 0) return bad_response(L, "the file body was sent or closed already");
+    blen = (size_t)flen;
+  } else if (kind == LUA_TSTRING) {
     blen = lua_rawlen(L, 5);
   } else if (kind == LUA_TTABLE && !method) {
     nparts = (lua_Integer)lua_rawlen(L, 5);
@@ -205,13 +226,21 @@ int response_send(lua_State *L) {
 
   ex->flags = (xflags & EX_KEEP_ALIVE) | (ex->flags & ~EX_KEEP_ALIVE);
   int send_body = !no_body && !(ex->flags & EX_IS_HEAD);
+  if (file && !(send_body && blen)) {
+    file_close(file);                       /* HEAD, 304, or empty: nothing to send */
+    file = NULL;
+  }
   if (stream && send_body) {
     if (!(xflags & EX_HTTP10)) ex->flags |= EX_CHUNKED;
-  } else {
+  } else if (!file) {
     ex->flags |= EX_RESP_DONE;
   }
   http_head_sent(ex, status);
-  if (!ex->http) return 0;                  /* the client left: nothing to write */
+  if (!ex->http) {                          /* the client left: nothing to write */
+    if (file) file_close(file);
+    return 0;
+  }
+  if (file) return send_file(L, ex, head, file);
 
   uv_buf_t inline_bufs[MAX_INLINE_BUFS + 1], *bufs = inline_bufs;
   unsigned n = 0;

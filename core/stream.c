@@ -47,6 +47,17 @@ static int write_k(lua_State *L, int status, lua_KContext handle) {
   return 1;
 }
 
+lua_Integer stream_out_handle(lua_State *L, int idx) {
+  return ((mr_out *)check_udata(L, idx, out_mt, OUT_MT))->handle;
+}
+
+int stream_park_drain(lua_State *L, mr_request *r, lua_KFunction k, lua_KContext ctx) {
+  mr_task *t = task_current(L);
+  t->node = (mr_wnode){.task = t, .co = L};
+  waitq_push(&r->drainers, &t->node);
+  return task_park(L, t, WAIT_DRAIN, unqueue, r, k, ctx);
+}
+
 /* Queues one chunk of r's body (chunk framing when chunked). Returns 0, or
  * -1 when the write failed: the client is gone. */
 static int put_chunk(mr_request *r, const char *s, size_t len) {
@@ -92,11 +103,7 @@ static int write_chunk(lua_State *L, mr_request *r, int idx) {
   if (t && task_can_yield(L)) {
     int full = http_queued(ex) > mr_srv.cfg.write_buffer;
     if ((t->flags & TF_CANCELLED) && (full || task_output_heavy())) return closed(L, "cancelled");
-    if (full) {
-      t->node = (mr_wnode){.task = t, .co = L};
-      waitq_push(&r->drainers, &t->node);
-      return task_park(L, t, WAIT_DRAIN, unqueue, r, write_k, (lua_KContext)request_handle(r));
-    }
+    if (full) return stream_park_drain(L, r, write_k, (lua_KContext)request_handle(r));
     /* a fast client never makes it wait: after enough output, the others
      * get their turn anyway */
     if (task_output_heavy()) return task_yield_turn(L, t, write_k, (lua_KContext)request_handle(r));

@@ -23,6 +23,7 @@ local modules = {}            -- name → file of each app module required since
 local hooks = {}              -- on_reload functions of the running code
 local pending                 -- on_reload functions of the code being loaded (nil: none)
 local last_error              -- the failure last logged (a repeat is not logged again)
+local generation = 0          -- bumped when a reload starts (see app.generation)
 
 local METHOD_ORDER = { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" }
 
@@ -113,10 +114,13 @@ local function scan(dir, prefix, out)
       out.middleware[prefix] = true
     elseif first ~= "_" and first ~= "." then
       if e.type == "directory" then
+        -- public/ at the top holds static files (moonring.static), never routes
+        if prefix == "" and e.name == "public" then goto continue end
         scan(dir .. "/" .. e.name, prefix .. e.name .. "/", out)
       elseif e.name:match("%.lua$") then
         out[#out + 1] = prefix .. e.name
       end
+      ::continue::
     end
   end
   return out
@@ -149,15 +153,43 @@ local function wrap(entry, file, dir, middleware)
   entry.handler = h
 end
 
-local function not_found() return text(404, "Not Found\n") end
+local function not_found(req) return text(404, "Not Found\n") end
+
+-- A path no route matches still passes through the middleware of the
+-- directories it names (so moonring.static, CORS or a logger in a
+-- _middleware.lua see it too): not_found wrapped by the chain of each
+-- directory with middleware, deepest first. Directories named [param] are
+-- skipped (their parent's chain applies).
+local function fallbacks(dir, middleware)
+  local list = {}
+  for prefix in pairs(middleware) do
+    if not prefix:find("[", 1, true) then
+      local entry = { handler = not_found }
+      wrap(entry, prefix .. "(no route)", dir, middleware)
+      list[#list + 1] = { uri = "/" .. prefix, handler = entry.handler,
+                          async = is_async(entry.handler) }
+    end
+  end
+  table.sort(list, function(a, b) return #a.uri > #b.uri end)
+  return list
+end
 
 -- `exact` maps paths of routes without parameters to their entries: most
 -- requests are answered by that one lookup.
-local function dispatcher(match, exact)
+local function dispatcher(match, exact, unmatched)
+  unmatched = unmatched or {}
   return function(req)
     local uri = req.uri
     local entry = exact[uri] or match(uri, req.params)
-    if not entry then return not_found() end
+    if not entry then
+      for _, fb in ipairs(unmatched) do
+        if uri:sub(1, #fb.uri) == fb.uri or uri .. "/" == fb.uri then
+          if fb.async then return call(fb.handler, req) end
+          return fb.handler(req)
+        end
+      end
+      return not_found()
+    end
     req.route = entry.pattern
     if entry.async then return call(entry.handler, req) end
     return entry.handler(req)
@@ -212,7 +244,8 @@ local function build(path)
   local list = {}
   for _, entry in ipairs(r.list) do list[#list + 1] = describe(entry) end
   table.sort(list, function(a, b) return a.path < b.path end)
-  return dispatcher(function(uri, params) return r:match(uri, params) end, r.exact), list
+  return dispatcher(function(uri, params) return r:match(uri, params) end, r.exact,
+                    fallbacks(dir, files.middleware)), list
 end
 
 -- load(path) → handler: the first load. Raises "file:line: message".
@@ -253,6 +286,7 @@ end
 -- transaction too, so an error in one of them fails the reload now rather
 -- than a request later.
 function app.reload()
+  generation = generation + 1
   local started = core.now()
   local saved = {}
   for name in pairs(modules) do
@@ -311,6 +345,15 @@ function app.on_reload(fn)
   local list = pending or hooks
   list[#list + 1] = fn
 end
+
+-- root() → the app's directory: APP, or a file APP's directory (nil
+-- before the first load).
+function app.root() return root end
+
+-- generation() → a number that changes when a reload starts, before the new
+-- code loads: a cache of files under APP (templates) compares it to know
+-- when to start afresh.
+function app.generation() return generation end
 
 function app.routes()
   local copy = {}

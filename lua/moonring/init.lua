@@ -19,6 +19,7 @@ local moonring = {
     stat = core.fs_stat,          -- stat(path [, {timeout}]) → { size, mtime, type, mode }
     list = core.fs_list,          -- list(path [, {timeout}]) → { {name =, type =}, ... }
   },
+  file = core.file,               -- file(path [, {offset, length}]) → a body sent by sendfile
   tcp = core.tcp,                 -- tcp() → a cosocket (OpenResty's API; times in ms)
   resolve = core.resolve,         -- resolve(name [, {ttl, timeout}]) → { "addr", ... }
   dns = core.dns,                 -- dns{ ttl = s }: the lookup cache's TTL
@@ -111,15 +112,40 @@ function moonring.routes()
   return require("moonring.app").routes()
 end
 
--- Submodules loaded on first use (moonring.jobs is require "moonring.jobs").
-local lazy = { jobs = "moonring.jobs" }
+-- Submodules loaded on first use: moonring.jobs is require "moonring.jobs";
+-- moonring.json is require("moonring.json").json. The batteries (DESIGN
+-- 4.8, docs/middleware.md) are all here, so an app pays only for those it
+-- uses.
+local lazy = {
+  jobs = { "moonring.jobs" },
+  static = { "moonring.static" },                 -- static{ root, prefix, index, max_age }
+  params = { "moonring.params" },                 -- params{}: req.query, req.form, req.files
+  parse_query = { "moonring.params", "parse_query" },   -- parse_query(s) → table | nil, err
+  cookies = { "moonring.cookies" },               -- cookies{}: req.cookies, res.cookies
+  session = { "moonring.session" },               -- session{ secret, store }: req.session
+  csrf = { "moonring.csrf" },                     -- csrf{}: 403 without a valid token
+  json = { "moonring.json", "json" },             -- json(value [, status [, headers]])
+  json_body = { "moonring.json", "json_body" },   -- json_body{}: req.json
+  array = { "moonring.json", "array" },           -- array(t): a JSON array, even empty
+  cors = { "moonring.cors" },                     -- cors{ origins, methods, ... }
+  redirect = { "moonring.helpers", "redirect" },  -- redirect(url [, status])
+  html = { "moonring.helpers", "html" },          -- html(s [, status])
+  text = { "moonring.helpers", "text" },          -- text(s [, status])
+  etag = { "moonring.helpers", "etag" },          -- etag{}: conditional GET for string bodies
+  security_headers = { "moonring.helpers", "security_headers" },
+  proxy_headers = { "moonring.helpers", "proxy_headers" },   -- proxy_headers{ trusted = {...} }
+  charset = { "moonring.helpers", "charset" },    -- charset{}: "; charset=utf-8" on text/* types
+  template = { "moonring.template" },             -- template.render(file, env), .compile(s)
+  defaults = { "moonring.defaults" },             -- defaults.site{}, defaults.api{}
+}
 setmetatable(moonring, {
   __index = function(t, key)
-    local name = lazy[key]
-    if not name then return nil end
-    local m = require(name)
-    rawset(t, key, m)
-    return m
+    local spec = lazy[key]
+    if not spec then return nil end
+    local v = require(spec[1])
+    if spec[2] then v = v[spec[2]] end
+    rawset(t, key, v)
+    return v
   end,
 })
 
