@@ -95,6 +95,7 @@ static int luaopen_moonring_core(lua_State *L) {
   luaL_setfuncs(L, resparse_funcs, 0);
   luaL_setfuncs(L, fetch_funcs, 0);
   luaL_setfuncs(L, file_funcs, 0);
+  luaL_setfuncs(L, crypto_funcs, 0);
   lua_pushliteral(L, MOONRING_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushboolean(L, mr_srv.cfg.dev);

@@ -124,6 +124,7 @@ void socket_free_all(void);              /* exit */
 /* resparse.c: the HTTP client's response parser. */
 extern const luaL_Reg resparse_funcs[];
 extern const luaL_Reg fetch_funcs[];         /* fetch.c: one exchange on a cosocket */
+extern const luaL_Reg crypto_funcs[];        /* crypto.c: HMAC, random bytes, base64url */
 void resparse_open(lua_State *L);
 
 /* thread.c: run_in_thread on libuv's pool; fs.c: moonring.fs. */

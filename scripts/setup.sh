@@ -13,7 +13,7 @@ set -euo pipefail
 # clang + libclang-rt-14-dev: the fuzzer (spec/fuzz/); libFuzzer's and the
 # sanitizers' runtimes are in libclang-rt-14-dev, only recommended by clang.
 pkgs=(build-essential cmake pkg-config liblua5.4-dev libuv1-dev node-llhttp
-      lua5.4 lua-busted lua-socket lua-cjson chromium clang libclang-rt-14-dev
+      libssl-dev lua5.4 lua-busted lua-socket lua-cjson chromium clang libclang-rt-14-dev
       redis-server lua-nginx-redis lua-sql-sqlite3 "$@")
 # node and npm for the browser driver, unless a Node.js is already there
 # (NodeSource's nodejs ships its own npm and conflicts with Debian's).
